@@ -1,0 +1,233 @@
+//! Fault injection: the [`Behavior`] applied to a request, built from the server-wide default
+//! (set through [`crate::MockUpstream::set_behavior`] or `POST /_mock/behavior`) and overridden
+//! field by field by `x-mock-*` request headers.
+
+use hyper::HeaderMap;
+use serde_json::{Map, Value};
+
+/// How the mock answers a request. Every field left at its default means "behave normally".
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Behavior {
+    /// Answer with this status; a non-2xx status gets an OpenAI error JSON body (unless `body`
+    /// is set). A 2xx status without `body` changes only the status of the normal answer.
+    pub status: Option<u16>,
+    /// Answer with exactly this body (content-type `application/json`).
+    pub body: Option<String>,
+    /// Wait this long before sending the response headers.
+    pub latency_ms: Option<u64>,
+    /// Number of content chunks in a stream (default 4).
+    pub chunks: Option<usize>,
+    /// Pause before each content chunk of a stream (default 0).
+    pub chunk_delay_ms: Option<u64>,
+    /// Stream: after N content chunks, abort the connection abruptly (no finish chunk, no `[DONE]`).
+    pub cut_after: Option<usize>,
+    /// Stream: after N content chunks, keep the connection open but send nothing more.
+    pub stall_after: Option<usize>,
+    /// Answer 200 with a body that is not JSON (streams: a `data: {not json` event).
+    pub malformed: bool,
+    /// Add a `Retry-After` header with this value.
+    pub retry_after: Option<String>,
+    /// Error bodies include the received upstream key ("Incorrect API key provided: <key>...").
+    /// Without an explicit `status`, this implies status 401.
+    pub echo_key: bool,
+}
+
+/// The request headers that override [`Behavior`] fields.
+pub const HEADER_STATUS: &str = "x-mock-status";
+/// See [`Behavior::body`].
+pub const HEADER_BODY: &str = "x-mock-body";
+/// See [`Behavior::latency_ms`].
+pub const HEADER_LATENCY_MS: &str = "x-mock-latency-ms";
+/// See [`Behavior::chunks`].
+pub const HEADER_CHUNKS: &str = "x-mock-chunks";
+/// See [`Behavior::chunk_delay_ms`].
+pub const HEADER_CHUNK_DELAY_MS: &str = "x-mock-chunk-delay-ms";
+/// See [`Behavior::cut_after`].
+pub const HEADER_CUT_AFTER: &str = "x-mock-cut-after";
+/// See [`Behavior::stall_after`].
+pub const HEADER_STALL_AFTER: &str = "x-mock-stall-after";
+/// See [`Behavior::malformed`].
+pub const HEADER_MALFORMED: &str = "x-mock-malformed";
+/// See [`Behavior::retry_after`].
+pub const HEADER_RETRY_AFTER: &str = "x-mock-retry-after";
+/// See [`Behavior::echo_key`].
+pub const HEADER_ECHO_KEY: &str = "x-mock-echo-key";
+
+impl Behavior {
+    /// Returns this behaviour overridden by the `x-mock-*` headers present in `headers`.
+    /// Unknown `x-mock-*` headers are ignored; invalid values are an error.
+    pub fn with_headers(&self, headers: &HeaderMap) -> Result<Behavior, String> {
+        let mut out = self.clone();
+        for (name, value) in headers {
+            let name = name.as_str();
+            if !name.starts_with("x-mock-") {
+                continue;
+            }
+            let value = value
+                .to_str()
+                .map_err(|_| format!("header {name} is not valid ASCII"))?
+                .trim();
+            let bad = || format!("invalid value for header {name}: {value:?}");
+            match name {
+                HEADER_STATUS => out.status = Some(parse_status(value).ok_or_else(bad)?),
+                HEADER_BODY => out.body = Some(value.to_owned()),
+                HEADER_LATENCY_MS => out.latency_ms = Some(value.parse().map_err(|_| bad())?),
+                HEADER_CHUNKS => out.chunks = Some(value.parse().map_err(|_| bad())?),
+                HEADER_CHUNK_DELAY_MS => {
+                    out.chunk_delay_ms = Some(value.parse().map_err(|_| bad())?);
+                }
+                HEADER_CUT_AFTER => out.cut_after = Some(value.parse().map_err(|_| bad())?),
+                HEADER_STALL_AFTER => out.stall_after = Some(value.parse().map_err(|_| bad())?),
+                HEADER_MALFORMED => out.malformed = parse_bool(value).ok_or_else(bad)?,
+                HEADER_RETRY_AFTER => out.retry_after = Some(value.to_owned()),
+                HEADER_ECHO_KEY => out.echo_key = parse_bool(value).ok_or_else(bad)?,
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Parses a JSON object whose keys are the snake_case field names (as accepted by
+    /// `POST /_mock/behavior`). Missing or `null` fields keep their default; unknown fields are
+    /// an error.
+    pub fn from_json(value: &Value) -> Result<Behavior, String> {
+        let Some(obj) = value.as_object() else {
+            return Err("behavior must be a JSON object".to_owned());
+        };
+        let mut out = Behavior::default();
+        for (key, v) in obj {
+            if v.is_null() {
+                continue;
+            }
+            let bad = || format!("invalid value for {key}: {v}");
+            match key.as_str() {
+                "status" => {
+                    let s = v.as_u64().and_then(|s| u16::try_from(s).ok());
+                    out.status = Some(s.filter(|s| valid_status(*s)).ok_or_else(bad)?);
+                }
+                "body" => out.body = Some(json_string(v)),
+                "latency_ms" => out.latency_ms = Some(v.as_u64().ok_or_else(bad)?),
+                "chunks" => out.chunks = Some(json_usize(v).ok_or_else(bad)?),
+                "chunk_delay_ms" => out.chunk_delay_ms = Some(v.as_u64().ok_or_else(bad)?),
+                "cut_after" => out.cut_after = Some(json_usize(v).ok_or_else(bad)?),
+                "stall_after" => out.stall_after = Some(json_usize(v).ok_or_else(bad)?),
+                "malformed" => out.malformed = v.as_bool().ok_or_else(bad)?,
+                "retry_after" => {
+                    out.retry_after = Some(match v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        _ => return Err(bad()),
+                    });
+                }
+                "echo_key" => out.echo_key = v.as_bool().ok_or_else(bad)?,
+                _ => return Err(format!("unknown behavior field: {key}")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The JSON form accepted by [`Behavior::from_json`].
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("status".into(), self.status.into());
+        m.insert("body".into(), self.body.clone().into());
+        m.insert("latency_ms".into(), self.latency_ms.into());
+        m.insert("chunks".into(), self.chunks.map(|c| c as u64).into());
+        m.insert("chunk_delay_ms".into(), self.chunk_delay_ms.into());
+        m.insert("cut_after".into(), self.cut_after.map(|c| c as u64).into());
+        m.insert(
+            "stall_after".into(),
+            self.stall_after.map(|c| c as u64).into(),
+        );
+        m.insert("malformed".into(), self.malformed.into());
+        m.insert("retry_after".into(), self.retry_after.clone().into());
+        m.insert("echo_key".into(), self.echo_key.into());
+        Value::Object(m)
+    }
+
+    /// The status to fail with, if this behaviour asks for an error answer.
+    pub(crate) fn error_status(&self) -> Option<u16> {
+        match self.status {
+            Some(s) if !(200..300).contains(&s) => Some(s),
+            Some(_) => None,
+            None if self.echo_key => Some(401),
+            None => None,
+        }
+    }
+}
+
+fn valid_status(s: u16) -> bool {
+    (200..=599).contains(&s)
+}
+
+fn parse_status(value: &str) -> Option<u16> {
+    value.parse().ok().filter(|s| valid_status(*s))
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+fn json_usize(v: &Value) -> Option<usize> {
+    v.as_u64().and_then(|n| usize::try_from(n).ok())
+}
+
+/// A `body` given as a JSON value other than a string is sent as its compact JSON text.
+fn json_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    #[test]
+    fn headers_override_field_by_field() {
+        let base = Behavior {
+            chunks: Some(7),
+            latency_ms: Some(5),
+            ..Behavior::default()
+        };
+        let mut h = HeaderMap::new();
+        h.insert(HEADER_CHUNKS, HeaderValue::from_static("2"));
+        h.insert(HEADER_MALFORMED, HeaderValue::from_static("1"));
+        h.insert("x-mock-unknown", HeaderValue::from_static("zzz"));
+        let b = base.with_headers(&h).unwrap();
+        assert_eq!(b.chunks, Some(2));
+        assert_eq!(b.latency_ms, Some(5));
+        assert!(b.malformed);
+
+        let mut h = HeaderMap::new();
+        h.insert(HEADER_STATUS, HeaderValue::from_static("abc"));
+        assert!(base.with_headers(&h).is_err());
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let b = Behavior {
+            status: Some(503),
+            body: Some("{}".into()),
+            cut_after: Some(1),
+            retry_after: Some("3".into()),
+            echo_key: true,
+            ..Behavior::default()
+        };
+        assert_eq!(Behavior::from_json(&b.to_json()).unwrap(), b);
+        assert!(Behavior::from_json(&serde_json::json!({"nope": 1})).is_err());
+        assert_eq!(
+            Behavior::from_json(&serde_json::json!({"retry_after": 5}))
+                .unwrap()
+                .retry_after
+                .as_deref(),
+            Some("5")
+        );
+    }
+}

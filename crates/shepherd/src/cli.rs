@@ -1,0 +1,117 @@
+//! The command line: `serve`, `check`, `version`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config;
+
+const DEFAULT_CONFIG: &str = "shepherd.yaml";
+
+#[derive(Debug, Parser)]
+#[command(name = "shepherd", version, about = "A self-hosted AI API gateway")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the gateway.
+    Serve {
+        /// Config file (YAML). Default: $SHEPHERD_CONFIG, else ./shepherd.yaml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print every problem with file, line and field.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn config_path(given: Option<PathBuf>) -> PathBuf {
+    given
+        .or_else(|| std::env::var_os("SHEPHERD_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Version => {
+            let _ = writeln!(std::io::stdout(), "shepherd {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => check(&config_path(config)),
+        Command::Serve { config } => serve(&config_path(config)),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load_file(path) {
+        Ok(config) => {
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}: ok ({} providers, {} models, {} keys)",
+                path.display(),
+                config.providers.len(),
+                config.models.len(),
+                config.keys.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            let mut err = std::io::stderr();
+            let _ = writeln!(err, "{problems}");
+            let _ = writeln!(err, "{} problem(s) in {}", problems.0.len(), path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    let config = match config::load_file(path) {
+        Ok(config) => config,
+        Err(problems) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{problems}\nrefusing to start: fix the config above"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::telemetry::logging::init(&config.telemetry);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let running = crate::server::start(config).await?;
+        tracing::info!(config = %path.display(), addr = %running.addr, "ready");
+        crate::server::shutdown_signal().await;
+        tracing::info!("shutdown requested; draining in-flight requests");
+        running.shutdown();
+        running.wait().await
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! Loading: YAML -> raw sections (each entry on its own, so one bad entry does not hide the
+//! next) -> validated `Config`. Every problem carries file, line and field.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::model::*;
+use super::problems::{Problem, Problems};
+use super::raw::*;
+use super::yaml::{self, LineIndex, index_path, join_path};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_MAX_BODY: usize = 10 * 1024 * 1024;
+
+/// Reads and validates a config file.
+pub fn load_file(path: &Path) -> Result<Config, Problems> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        Problems(vec![Problem {
+            file: file.clone(),
+            line: 0,
+            field: String::new(),
+            message: format!("cannot read file: {error}"),
+        }])
+    })?;
+    load_str(&text, &file, &|name| std::env::var(name).ok())
+}
+
+/// Validates config text; `file` names it in problems, `env` fills `${VAR}`.
+pub fn load_str(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Problems> {
+    let mut loader = Loader {
+        problems: Vec::new(),
+        lines: LineIndex::default(),
+    };
+    let config = loader.load(text, env);
+    let mut problems = loader.problems;
+    problems.sort_by_key(|problem| problem.line);
+    for problem in &mut problems {
+        problem.file = file.to_owned();
+    }
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(Problems(problems)),
+    }
+}
+
+struct Loader {
+    problems: Vec<Problem>,
+    lines: LineIndex,
+}
+
+impl Loader {
+    fn problem(&mut self, field: &str, message: impl Into<String>) {
+        let line = self.lines.line_of(field);
+        self.problems.push(Problem::at(line, field, message));
+    }
+
+    /// Deserializes one node; a failure becomes a problem at the exact field that failed.
+    fn section<T: DeserializeOwned>(&mut self, value: Value, path: &str) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(parsed) => Some(parsed),
+            Err(error) => {
+                let inner = error.path().to_string();
+                let mut field = match inner.as_str() {
+                    "." => path.to_owned(),
+                    rel if rel.starts_with('[') => format!("{path}{rel}"),
+                    rel if path.is_empty() => rel.to_owned(),
+                    rel => format!("{path}.{rel}"),
+                };
+                let message = error.into_inner().to_string();
+                if let Some(unknown) = unknown_field_name(&message) {
+                    if !field.ends_with(unknown) {
+                        field = join_path(&field, unknown);
+                    }
+                }
+                self.problem(&field, message);
+                None
+            }
+        }
+    }
+
+    fn load(&mut self, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<Config> {
+        let (root, lines) = match yaml::parse(text, env, &mut self.problems) {
+            Ok(parsed) => parsed,
+            Err(problem) => {
+                self.problems.push(problem);
+                return None;
+            }
+        };
+        self.lines = lines;
+        let mut root = match root {
+            Value::Object(map) => map,
+            Value::Null => serde_json::Map::new(),
+            _ => {
+                self.problem("", "the config must be a mapping of sections");
+                return None;
+            }
+        };
+        for section in root.keys().cloned().collect::<Vec<_>>() {
+            if !SECTIONS.contains(&section.as_str()) {
+                self.problem(
+                    &section,
+                    format!(
+                        "unknown section `{section}`, expected one of: {}",
+                        SECTIONS.join(", ")
+                    ),
+                );
+            }
+        }
+        let mut take = |name: &str| root.remove(name).unwrap_or(Value::Null);
+        let (server, providers, models, keys, telemetry) = (
+            take("server"),
+            take("providers"),
+            take("models"),
+            take("keys"),
+            take("telemetry"),
+        );
+        let server = self.server(server);
+        let providers = self.providers(providers);
+        let models = self.models(models, &providers);
+        let keys = self.keys(keys);
+        let telemetry = self.telemetry(telemetry);
+        Some(Config {
+            server: server?,
+            providers,
+            models,
+            keys,
+            telemetry: telemetry?,
+        })
+    }
+
+    fn server(&mut self, value: Value) -> Option<ServerConfig> {
+        let raw: RawServer = if value.is_null() {
+            RawServer::default()
+        } else {
+            self.section(value, "server")?
+        };
+        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = match listen_text.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                self.problem(
+                    "server.listen",
+                    format!("`{listen_text}` is not an address; write e.g. 0.0.0.0:8080"),
+                );
+                return None;
+            }
+        };
+        let max_body = raw.max_body.map_or(DEFAULT_MAX_BODY, |size| {
+            usize::try_from(size.0).unwrap_or(usize::MAX)
+        });
+        if max_body == 0 {
+            self.problem("server.max_body", "must be greater than zero");
+        }
+        let t = raw.timeouts.unwrap_or_default();
+        let pick = |value: Option<RawDuration>, default: u64| {
+            value.map_or(Duration::from_secs(default), |d| d.0)
+        };
+        let timeouts = Timeouts {
+            connect: pick(t.connect, 5),
+            first_byte: pick(t.first_byte, 60),
+            idle: pick(t.idle, 60),
+            total: pick(t.total, 600),
+        };
+        for (name, value) in [
+            ("connect", timeouts.connect),
+            ("first_byte", timeouts.first_byte),
+            ("idle", timeouts.idle),
+            ("total", timeouts.total),
+        ] {
+            if value.is_zero() {
+                self.problem(
+                    &format!("server.timeouts.{name}"),
+                    "must be greater than zero",
+                );
+            }
+        }
+        let cors = raw.cors.map(|cors| CorsConfig {
+            allow_origins: cors.allow_origins,
+            allow_headers: cors.allow_headers.unwrap_or_default(),
+            max_age: cors.max_age.map_or(Duration::from_secs(600), |d| d.0),
+        });
+        if let Some(cors) = &cors {
+            for (n, origin) in cors.allow_origins.iter().enumerate() {
+                let valid = origin == "*"
+                    || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                        && !origin.ends_with('/'));
+                if !valid {
+                    self.problem(
+                        &format!("server.cors.allow_origins[{n}]"),
+                        format!("`{origin}` is not an origin; write e.g. https://app.example.com (no trailing slash) or *"),
+                    );
+                }
+            }
+        }
+        Some(ServerConfig {
+            listen,
+            max_body,
+            timeouts,
+            shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+            cors,
+        })
+    }
+
+    fn providers(&mut self, value: Value) -> Vec<ProviderConfig> {
+        let entries = match value {
+            Value::Null => return Vec::new(),
+            Value::Object(map) => map,
+            _ => {
+                self.problem(
+                    "providers",
+                    "must be a mapping of provider name -> settings",
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (name, value) in entries {
+            let path = join_path("providers", &name);
+            let Some(raw) = self.section::<RawProvider>(value, &path) else {
+                continue;
+            };
+            let kind = match raw.kind {
+                RawProviderKind::Mock => {
+                    if raw.base_url.is_some() || !raw.api_keys.is_empty() {
+                        self.problem(&path, "a `mock` provider takes no base_url or api_keys");
+                    }
+                    ProviderKind::Mock
+                }
+                RawProviderKind::Openai => {
+                    let Some(base_url) = raw.base_url else {
+                        self.problem(
+                            &path,
+                            "missing field `base_url` (e.g. https://api.openai.com/v1)",
+                        );
+                        continue;
+                    };
+                    if !(base_url.starts_with("http://") || base_url.starts_with("https://"))
+                        || reqwest::Url::parse(&base_url).is_err()
+                    {
+                        self.problem(
+                            &join_path(&path, "base_url"),
+                            format!("`{base_url}` is not an http(s) URL"),
+                        );
+                    }
+                    for (n, key) in raw.api_keys.iter().enumerate() {
+                        if key.trim().is_empty() {
+                            self.problem(
+                                &index_path(&join_path(&path, "api_keys"), n),
+                                "empty upstream key",
+                            );
+                        }
+                    }
+                    ProviderKind::OpenAi {
+                        base_url: base_url.trim_end_matches('/').to_owned(),
+                        api_keys: raw.api_keys.into_iter().map(Secret::new).collect(),
+                        headers: raw.headers.into_iter().collect(),
+                    }
+                }
+            };
+            out.push(ProviderConfig {
+                name: name.into(),
+                kind,
+            });
+        }
+        out
+    }
+
+    fn models(&mut self, value: Value, providers: &[ProviderConfig]) -> Vec<ModelConfig> {
+        let entries = match value {
+            Value::Null => return Vec::new(),
+            Value::Object(map) => map,
+            _ => {
+                self.problem("models", "must be a mapping of model name -> deployments");
+                return Vec::new();
+            }
+        };
+        let known: HashSet<&str> = providers.iter().map(|p| &*p.name).collect();
+        let mut out = Vec::new();
+        for (name, value) in entries {
+            let path = join_path("models", &name);
+            let Some(raw) = self.section::<RawModel>(value, &path) else {
+                continue;
+            };
+            if raw.deployments.is_empty() {
+                self.problem(
+                    &join_path(&path, "deployments"),
+                    "needs at least one deployment",
+                );
+            }
+            let mut deployments = Vec::new();
+            for (n, deployment) in raw.deployments.into_iter().enumerate() {
+                let at = index_path(&join_path(&path, "deployments"), n);
+                if !known.contains(deployment.provider.as_str()) {
+                    self.problem(
+                        &join_path(&at, "provider"),
+                        format!("unknown provider `{}`", deployment.provider),
+                    );
+                }
+                if deployment.weight == Some(0) {
+                    self.problem(&join_path(&at, "weight"), "must be at least 1");
+                }
+                deployments.push(DeploymentConfig {
+                    provider: deployment.provider.into(),
+                    upstream_model: deployment.model.as_deref().unwrap_or(&name).into(),
+                    weight: deployment.weight.unwrap_or(1),
+                });
+            }
+            out.push(ModelConfig {
+                name: name.into(),
+                deployments,
+            });
+        }
+        out
+    }
+
+    fn keys(&mut self, value: Value) -> Vec<KeyConfig> {
+        let items = match value {
+            Value::Null => return Vec::new(),
+            Value::Array(items) => items,
+            _ => {
+                self.problem("keys", "must be a list of {name, key, models}");
+                return Vec::new();
+            }
+        };
+        let mut names = HashSet::new();
+        let mut secrets = HashSet::new();
+        let mut out = Vec::new();
+        for (n, value) in items.into_iter().enumerate() {
+            let path = index_path("keys", n);
+            let Some(raw) = self.section::<RawKey>(value, &path) else {
+                continue;
+            };
+            if !names.insert(raw.name.clone()) {
+                self.problem(
+                    &join_path(&path, "name"),
+                    format!("duplicate key name `{}`", raw.name),
+                );
+            }
+            if raw.key.trim().is_empty() {
+                self.problem(&join_path(&path, "key"), "empty client key");
+            } else if !secrets.insert(raw.key.clone()) {
+                self.problem(
+                    &join_path(&path, "key"),
+                    "the same key value is given twice",
+                );
+            }
+            let patterns = raw.models.unwrap_or_else(|| vec!["*".to_owned()]);
+            for (m, pattern) in patterns.iter().enumerate() {
+                if pattern.matches('*').count() > 1 {
+                    self.problem(
+                        &index_path(&join_path(&path, "models"), m),
+                        "a pattern may hold one `*` at most",
+                    );
+                }
+            }
+            out.push(KeyConfig {
+                name: raw.name.into(),
+                key: Secret::new(raw.key),
+                models: patterns.into_iter().map(ModelPattern::new).collect(),
+            });
+        }
+        out
+    }
+
+    fn telemetry(&mut self, value: Value) -> Option<TelemetryConfig> {
+        let raw: RawTelemetry = if value.is_null() {
+            RawTelemetry::default()
+        } else {
+            self.section(value, "telemetry")?
+        };
+        let format = |raw: Option<RawLogFormat>| match raw {
+            Some(RawLogFormat::Human) => LogFormat::Human,
+            Some(RawLogFormat::Off) => LogFormat::Off,
+            Some(RawLogFormat::Json) | None => LogFormat::Json,
+        };
+        Some(TelemetryConfig {
+            access_log: format(raw.access_log),
+            log_format: format(raw.log_format),
+            log_level: raw.log_level.unwrap_or_else(|| "info".to_owned()),
+        })
+    }
+}
+
+/// `unknown field `foo`, expected ...` -> `foo`.
+fn unknown_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// The model names of a config, as shared `Arc<str>`.
+pub fn model_names(config: &Config) -> Vec<Arc<str>> {
+    config.models.iter().map(|m| m.name.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "OPENAI_KEY").then(|| "sk-upstream".to_owned())
+    }
+
+    const GOOD: &str = "\
+server:
+  listen: 127.0.0.1:9999
+  max_body: 1MiB
+  timeouts: {connect: 2s, first_byte: 10s}
+providers:
+  openai: {kind: openai, base_url: 'https://api.openai.com/v1/', api_keys: ['${OPENAI_KEY}']}
+  demo: {kind: mock}
+models:
+  gpt-4.1:
+    deployments: [{provider: openai}]
+  mock-small:
+    deployments: [{provider: demo, model: tiny, weight: 3}]
+keys:
+  - {name: reviews, key: sk-client-1, models: ['gpt-*']}
+  - {name: all, key: sk-client-2}
+";
+
+    #[test]
+    fn good_config_loads() {
+        let config = load_str(GOOD, "good.yaml", &env).unwrap();
+        assert_eq!(config.server.listen.port(), 9999);
+        assert_eq!(config.server.max_body, 1024 * 1024);
+        assert_eq!(config.server.timeouts.first_byte, Duration::from_secs(10));
+        assert_eq!(config.server.timeouts.idle, Duration::from_secs(60));
+        assert_eq!(config.providers.len(), 2);
+        let ProviderKind::OpenAi {
+            base_url, api_keys, ..
+        } = &config.providers[1].kind
+        else {
+            panic!("expected openai: {:?}", config.providers);
+        };
+        assert_eq!(base_url, "https://api.openai.com/v1");
+        assert_eq!(api_keys[0].expose(), "sk-upstream");
+        assert_eq!(&*config.models[0].deployments[0].upstream_model, "gpt-4.1");
+        assert_eq!(config.models[1].deployments[0].weight, 3);
+        assert!(config.keys[1].models[0].matches("anything"));
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        load_str(text, "bad.yaml", &env)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_problem_named_with_file_line_field() {
+        let text = "\
+server:
+  listen: 127.0.0.1:8080
+  max_bodyy: 1MiB
+providers:
+  openai: {kind: openai, base_url: 'https://x/v1', api_keys: ['${MISSING_KEY}']}
+  weird: {kind: smoke}
+models:
+  a:
+    deployments:
+      - {provider: nowhere}
+  b:
+    deployments: [{provider: openai, weight: many}]
+keys:
+  - {name: one, key: k1}
+  - {name: one, key: k2}
+";
+        let found = problems(text);
+        let expect = [
+            "bad.yaml: line 3: server.max_bodyy: unknown field `max_bodyy`",
+            "bad.yaml: line 5: providers.openai.api_keys[0]: environment variable `MISSING_KEY` is not set",
+            "bad.yaml: line 6: providers.weird.kind: unknown variant `smoke`",
+            "bad.yaml: line 10: models.a.deployments[0].provider: unknown provider `nowhere`",
+            "bad.yaml: line 12: models.b.deployments[0].weight: invalid type",
+            "bad.yaml: line 15: keys[1].name: duplicate key name `one`",
+        ];
+        assert_eq!(found.len(), expect.len(), "{found:#?}");
+        for (found, expect) in found.iter().zip(expect) {
+            assert!(
+                found.starts_with(expect),
+                "{found}\n  should start with\n{expect}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_section_and_bad_values() {
+        let found = problems("servr: {}\nserver: {listen: nope, timeouts: {idle: 5 parsecs}}\n");
+        assert!(
+            found[0].starts_with("bad.yaml: line 1: servr: unknown section"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("bad.yaml: line 2: server.timeouts.idle: invalid duration"),
+            "{found:?}"
+        );
+    }
+}

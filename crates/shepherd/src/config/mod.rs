@@ -1,0 +1,12 @@
+//! Configuration: one YAML file, loaded in two phases (raw serde structs, then validated domain
+//! types). `shepherd check` and `shepherd serve` share the same loader.
+
+mod load;
+mod model;
+mod problems;
+mod raw;
+mod yaml;
+
+pub use load::{load_file, load_str, model_names};
+pub use model::*;
+pub use problems::{Problem, Problems};

@@ -1,0 +1,139 @@
+//! Raw serde structs: the config file exactly as written (`deny_unknown_fields` everywhere).
+//! `model.rs` turns them into validated domain types; nothing at request time sees these.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// Top-level sections this version understands; anything else is reported as unknown.
+pub const SECTIONS: &[&str] = &["server", "providers", "models", "keys", "telemetry"];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub max_body: Option<RawSize>,
+    pub timeouts: Option<RawTimeouts>,
+    pub shutdown_grace: Option<RawDuration>,
+    pub cors: Option<RawCors>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<RawDuration>,
+    pub first_byte: Option<RawDuration>,
+    pub idle: Option<RawDuration>,
+    pub total: Option<RawDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allow_origins: Vec<String>,
+    pub allow_headers: Option<Vec<String>>,
+    pub max_age: Option<RawDuration>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawProviderKind {
+    Openai,
+    Mock,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub kind: RawProviderKind,
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// Extra headers sent to this upstream on every request (e.g. an organisation id).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub deployments: Vec<RawDeployment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeployment {
+    pub provider: String,
+    /// Upstream model name; defaults to the alias clients ask for.
+    pub model: Option<String>,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub name: String,
+    pub key: String,
+    /// Model names or patterns (`gpt-*`, `*`); all models when absent.
+    pub models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub access_log: Option<RawLogFormat>,
+    pub log_format: Option<RawLogFormat>,
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawLogFormat {
+    Json,
+    Human,
+    Off,
+}
+
+/// A human duration (`500ms`, `30s`, `10m`).
+#[derive(Debug, Clone, Copy)]
+pub struct RawDuration(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map(RawDuration)
+            .map_err(|error| {
+                serde::de::Error::custom(format!(
+                    "invalid duration `{text}` ({error}); write e.g. 500ms, 30s, 10m"
+                ))
+            })
+    }
+}
+
+/// A human size (`10MiB`, `512KB`) or a plain number of bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct RawSize(pub u64);
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Bytes(u64),
+            Text(String),
+        }
+        match Either::deserialize(deserializer)? {
+            Either::Bytes(bytes) => Ok(RawSize(bytes)),
+            Either::Text(text) => text
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|size| RawSize(size.as_u64()))
+                .map_err(|error| {
+                    serde::de::Error::custom(format!(
+                        "invalid size `{text}` ({error}); write e.g. 10MiB"
+                    ))
+                }),
+        }
+    }
+}

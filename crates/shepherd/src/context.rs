@@ -1,0 +1,167 @@
+//! `RequestContext`: what one request has learned on its way through the gateway (key, model,
+//! deployment, timings, bytes, outcome). Every stage writes here; when the last holder lets go
+//! (the response body is finished or the client left) the access log line is written.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How a request ended, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response (or stream) was delivered whole.
+    Complete,
+    /// The client went away before the response was delivered.
+    ClientGone,
+    /// A stream was ended early with an error event.
+    StreamError,
+}
+
+#[derive(Debug, Default)]
+struct Fields {
+    key_name: Option<Arc<str>>,
+    model: Option<String>,
+    deployment: Option<Arc<str>>,
+    status: u16,
+    stream: bool,
+    bytes_in: u64,
+    upstream_connect: Option<Duration>,
+    upstream_first_byte: Option<Duration>,
+    upstream_total: Option<Duration>,
+    error: Option<&'static str>,
+    body_done: bool,
+    stream_failed: bool,
+}
+
+#[derive(Debug)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub started: Instant,
+    client_ip: Option<IpAddr>,
+    method: String,
+    route: String,
+    /// Whether this request gets an access log line (health probes do not).
+    logged: bool,
+    bytes_out: AtomicU64,
+    fields: Mutex<Fields>,
+}
+
+impl RequestContext {
+    pub fn new(
+        request_id: String,
+        client_ip: Option<IpAddr>,
+        method: &str,
+        route: &str,
+        logged: bool,
+    ) -> Self {
+        RequestContext {
+            request_id,
+            started: Instant::now(),
+            client_ip,
+            method: method.to_owned(),
+            route: route.to_owned(),
+            logged,
+            bytes_out: AtomicU64::new(0),
+            fields: Mutex::new(Fields::default()),
+        }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Fields)) {
+        let mut fields = match self.fields.lock() {
+            Ok(fields) => fields,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        change(&mut fields);
+    }
+
+    pub fn set_key(&self, name: Arc<str>) {
+        self.update(|f| f.key_name = Some(name));
+    }
+    pub fn set_request(&self, model: &str, stream: bool, bytes_in: usize) {
+        self.update(|f| {
+            f.model = Some(model.to_owned());
+            f.stream = stream;
+            f.bytes_in = bytes_in as u64;
+        });
+    }
+    pub fn set_bytes_in(&self, bytes_in: usize) {
+        self.update(|f| f.bytes_in = bytes_in as u64);
+    }
+    pub fn set_deployment(&self, name: Arc<str>) {
+        self.update(|f| f.deployment = Some(name));
+    }
+    pub fn set_upstream_connect(&self, micros: u64) {
+        self.update(|f| f.upstream_connect = Some(Duration::from_micros(micros)));
+    }
+    pub fn set_upstream_first_byte(&self, at: Duration) {
+        self.update(|f| f.upstream_first_byte = Some(at));
+    }
+    pub fn set_upstream_done(&self) {
+        let elapsed = self.started.elapsed();
+        self.update(|f| f.upstream_total = Some(elapsed));
+    }
+    pub fn set_status(&self, status: u16) {
+        self.update(|f| f.status = status);
+    }
+    pub fn set_error(&self, code: &'static str) {
+        self.update(|f| f.error = Some(code));
+    }
+    /// A stream ended with an error event instead of its natural end.
+    pub fn set_stream_failed(&self, code: &'static str) {
+        self.update(|f| {
+            f.stream_failed = true;
+            f.error = Some(code);
+        });
+    }
+    pub fn add_bytes_out(&self, bytes: usize) {
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    /// The response body reached its end (as opposed to being dropped mid-way).
+    pub fn set_body_done(&self) {
+        self.update(|f| f.body_done = true);
+    }
+}
+
+fn millis(duration: Option<Duration>) -> Option<f64> {
+    duration.map(|d| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0)
+}
+
+impl Drop for RequestContext {
+    fn drop(&mut self) {
+        if !self.logged {
+            return;
+        }
+        let fields = match self.fields.get_mut() {
+            Ok(fields) => std::mem::take(fields),
+            Err(poisoned) => std::mem::take(poisoned.into_inner()),
+        };
+        let outcome = if fields.stream_failed {
+            Outcome::StreamError
+        } else if fields.body_done {
+            Outcome::Complete
+        } else {
+            Outcome::ClientGone
+        };
+        crate::telemetry::logging::access_log(&crate::telemetry::logging::AccessRecord {
+            request_id: &self.request_id,
+            key: fields.key_name.as_deref(),
+            client_ip: self.client_ip,
+            method: &self.method,
+            route: &self.route,
+            model: fields.model.as_deref(),
+            deployment: fields.deployment.as_deref(),
+            status: fields.status,
+            stream: fields.stream,
+            bytes_in: fields.bytes_in,
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            upstream_connect_ms: millis(fields.upstream_connect),
+            upstream_first_byte_ms: millis(fields.upstream_first_byte),
+            upstream_total_ms: millis(fields.upstream_total),
+            total_ms: millis(Some(self.started.elapsed())).unwrap_or_default(),
+            outcome,
+            error: fields.error,
+        });
+    }
+}

@@ -1,0 +1,13 @@
+//! Shepherd, a self-hosted AI API gateway: one OpenAI-compatible endpoint with per-service keys
+//! in front of every LLM provider. See `docs/architecture.md` for the path of a request.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod providers;
+pub mod routing;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod wire;

@@ -1,0 +1,220 @@
+//! Header hygiene between client and upstream: drop hop-by-hop and credential headers on the
+//! way up, drop what is the upstream's business on the way down, redact secrets in error bodies.
+
+use axum::http::{HeaderMap, HeaderName, header};
+
+use crate::config::Secret;
+
+/// Connection-level headers (RFC 9110 §7.6.1) plus `host` and `content-length`, which the
+/// client library sets for the new connection.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+/// Credentials of the client (never forwarded) and headers the gateway decides itself.
+const NOT_FORWARDED_UP: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
+    "accept-encoding",
+    "x-forwarded-for",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// Upstream headers that describe the upstream account or connection, not the answer.
+const NOT_FORWARDED_DOWN: &[&str] = &[
+    "set-cookie",
+    "openai-organization",
+    "openai-project",
+    "server",
+    "date",
+    "alt-svc",
+    "x-request-id",
+    "strict-transport-security",
+    "cf-ray",
+    "cf-cache-status",
+];
+
+fn listed_in(name: &HeaderName, list: &[&str]) -> bool {
+    list.contains(&name.as_str())
+}
+
+/// Names listed in the client's `Connection` header are hop-by-hop too.
+fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .collect()
+}
+
+/// The client's headers that may travel to the upstream.
+pub fn forwardable_request_headers(client: &HeaderMap) -> HeaderMap {
+    let dynamic = connection_tokens(client);
+    let mut out = HeaderMap::with_capacity(client.len());
+    for (name, value) in client {
+        if listed_in(name, HOP_BY_HOP)
+            || listed_in(name, NOT_FORWARDED_UP)
+            || name.as_str().starts_with("x-shepherd-")
+            || dynamic.iter().any(|token| token == name.as_str())
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// The upstream's response headers that may travel to the client; `x-request-id` is kept as
+/// `x-upstream-request-id` for support tickets with the provider.
+pub fn response_headers_to_client(upstream: &HeaderMap) -> HeaderMap {
+    let dynamic = connection_tokens(upstream);
+    let mut out = HeaderMap::with_capacity(upstream.len());
+    for (name, value) in upstream {
+        if name.as_str() == "x-request-id" {
+            out.insert(
+                HeaderName::from_static("x-upstream-request-id"),
+                value.clone(),
+            );
+            continue;
+        }
+        if listed_in(name, HOP_BY_HOP)
+            || listed_in(name, NOT_FORWARDED_DOWN)
+            || name.as_str().starts_with("x-ratelimit-")
+            || dynamic.iter().any(|token| token == name.as_str())
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// Replaces every occurrence of an upstream secret (and anything shaped like an OpenAI-style
+/// key, `sk-…`, as providers echo masked keys) in a body with `[REDACTED]`.
+pub fn redact_secrets(body: &[u8], secrets: &[Secret]) -> Option<Vec<u8>> {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    let mut changed = false;
+    for secret in secrets {
+        let secret = secret.expose();
+        if secret.len() >= 4 && text.contains(secret) {
+            text = text.replace(secret, "[REDACTED]");
+            changed = true;
+        }
+    }
+    if let Some(masked) = redact_key_shapes(&text) {
+        text = masked;
+        changed = true;
+    }
+    changed.then(|| text.into_bytes())
+}
+
+/// `sk-` followed by 8+ key characters (letters, digits, `-`, `_`, `*`, `.`).
+fn redact_key_shapes(text: &str) -> Option<String> {
+    let is_key_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '*' | '.');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(start) = rest.find("sk-") {
+        let boundary_ok = rest[..start]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !is_key_char(c));
+        let tail = &rest[start + 3..];
+        let len = tail.find(|c: char| !is_key_char(c)).unwrap_or(tail.len());
+        out.push_str(&rest[..start]);
+        if boundary_ok && len >= 8 {
+            out.push_str("[REDACTED]");
+            changed = true;
+        } else {
+            out.push_str(&rest[start..start + 3 + len]);
+        }
+        rest = &tail[len..];
+    }
+    out.push_str(rest);
+    changed.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn credentials_and_hop_by_hop_stay_behind() {
+        let mut client = HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Bearer sk-client"),
+            ("x-api-key", "sk-client"),
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("content-type", "application/json"),
+            ("x-custom", "kept"),
+            ("openai-beta", "assistants=v2"),
+            ("x-shepherd-canary", "1"),
+        ] {
+            client.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let out = forwardable_request_headers(&client);
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, vec!["content-type", "x-custom", "openai-beta"]);
+    }
+
+    #[test]
+    fn upstream_headers_filtered() {
+        let mut upstream = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "text/event-stream"),
+            ("x-request-id", "req_up"),
+            ("openai-organization", "org-secret"),
+            ("x-ratelimit-remaining-requests", "5"),
+            ("transfer-encoding", "chunked"),
+            ("openai-processing-ms", "12"),
+        ] {
+            upstream.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let out = response_headers_to_client(&upstream);
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names,
+            vec![
+                "content-type",
+                "x-upstream-request-id",
+                "openai-processing-ms"
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_redacted() {
+        let secrets = [Secret::new("upstream-secret-value".to_owned())];
+        let body = br#"{"error":{"message":"bad key upstream-secret-value and sk-proj-abc***wxyz, not sk-x"}}"#;
+        let out = String::from_utf8(redact_secrets(body, &secrets).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            r#"{"error":{"message":"bad key [REDACTED] and [REDACTED], not sk-x"}}"#
+        );
+        assert!(redact_secrets(b"{\"fine\":true}", &secrets).is_none());
+    }
+}

@@ -1,0 +1,115 @@
+//! Any OpenAI-compatible upstream (OpenAI, DeepSeek, Groq, vLLM, Ollama, relays): same protocol
+//! in and out, so the body goes up as it came (model already rewritten) and comes back as bytes.
+
+use axum::http::{HeaderName, HeaderValue, header};
+use futures_util::StreamExt;
+
+use super::{UpstreamError, UpstreamRequest, UpstreamResponse, forwardable_request_headers, http};
+use crate::config::{Secret, Timeouts};
+
+#[derive(Debug)]
+pub struct OpenAiCompat {
+    base_url: String,
+    api_keys: Vec<Secret>,
+    /// `Authorization: Bearer …` for each key, built once.
+    auth_values: Vec<HeaderValue>,
+    extra_headers: Vec<(HeaderName, HeaderValue)>,
+    client: reqwest::Client,
+}
+
+impl OpenAiCompat {
+    pub fn new(
+        base_url: &str,
+        api_keys: &[Secret],
+        headers: &[(String, String)],
+        timeouts: &Timeouts,
+    ) -> Result<Self, String> {
+        let mut auth_values = Vec::with_capacity(api_keys.len());
+        for key in api_keys {
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+                    "an upstream key holds characters not allowed in a header".to_owned()
+                })?;
+            value.set_sensitive(true);
+            auth_values.push(value);
+        }
+        let mut extra_headers = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            let name = HeaderName::try_from(name.as_str())
+                .map_err(|_| format!("`{name}` is not a valid header name"))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("the value of header `{name}` is not valid"))?;
+            extra_headers.push((name, value));
+        }
+        Ok(OpenAiCompat {
+            base_url: base_url.to_owned(),
+            api_keys: api_keys.to_vec(),
+            auth_values,
+            extra_headers,
+            client: http::build_client(timeouts)?,
+        })
+    }
+
+    pub fn secrets(&self) -> &[Secret] {
+        &self.api_keys
+    }
+
+    pub async fn send(
+        &self,
+        request: UpstreamRequest<'_>,
+        sequence: u64,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let url = format!("{}{}", self.base_url, request.endpoint.path());
+        let mut headers = forwardable_request_headers(request.client_headers);
+        for (name, value) in &self.extra_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if !self.auth_values.is_empty() {
+            let index = usize::try_from(sequence % self.auth_values.len() as u64).unwrap_or(0);
+            headers.insert(header::AUTHORIZATION, self.auth_values[index].clone());
+        }
+        if let Ok(id) = HeaderValue::from_str(request.request_id) {
+            headers.insert(HeaderName::from_static("x-request-id"), id);
+        }
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let response = self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(request.body)
+            .send()
+            .await
+            .map_err(|error| classify(&error))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(|error| classify(&error)));
+        Ok(UpstreamResponse {
+            status,
+            headers,
+            body: Box::pin(body),
+        })
+    }
+}
+
+/// A transport error in words a client may read (no URL with secrets in it).
+fn classify(error: &reqwest::Error) -> UpstreamError {
+    let mut detail = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(error);
+    while let Some(current) = source {
+        detail = current.to_string();
+        source = current.source();
+    }
+    let detail = detail.replace(|c: char| c.is_control(), " ");
+    if error.is_timeout() {
+        UpstreamError::Timeout(detail)
+    } else if error.is_connect() {
+        UpstreamError::Connect(detail)
+    } else {
+        UpstreamError::Transport(detail)
+    }
+}

@@ -1,0 +1,178 @@
+//! The HTTP server: the router (`app`), the layer order, and the lifecycle (bind, serve, drain on
+//! shutdown within the grace period).
+//!
+//! Layer order, outermost first: CORS (preflight answered before anything else, headers added
+//! to every answer) -> edge (request id, context, access log) -> panic guard (a panic becomes a
+//! 500 in OpenAI's shape) -> routes.
+
+mod edge;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::api::errors::ApiError;
+use crate::api::{health, openai};
+use crate::config::{Config, CorsConfig};
+use crate::state::AppState;
+
+pub use edge::REQUEST_ID;
+
+/// The router with every route and layer.
+pub fn app(state: Arc<AppState>) -> Router {
+    let cors = state.config.server.cors.as_ref().map(cors_layer);
+    let router = Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::models))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(health::unknown_route)
+        .method_not_allowed_fallback(health::method_not_allowed)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn(edge::edge))
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a handler panicked");
+    ApiError::internal("unexpected internal error").into_response()
+}
+
+fn cors_layer(config: &CorsConfig) -> CorsLayer {
+    let origins = if config.allow_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            config
+                .allow_origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    let layer = CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .expose_headers([
+            REQUEST_ID,
+            crate::api::DEPLOYMENT_HEADER,
+            HeaderName::from_static("x-shepherd-attempts"),
+            HeaderName::from_static("x-shepherd-fallback"),
+        ])
+        .max_age(config.max_age);
+    if config.allow_headers.is_empty() {
+        layer.allow_headers(Any)
+    } else {
+        layer.allow_headers(
+            config
+                .allow_headers
+                .iter()
+                .filter_map(|name| HeaderName::try_from(name.as_str()).ok())
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
+/// A running server: its address and the means to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Begins a graceful shutdown: readiness turns 503, the listener closes, in-flight
+    /// requests and streams get `shutdown_grace` to finish.
+    pub fn shutdown(&self) {
+        self.state.draining.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) -> std::io::Result<()> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(error) => Err(std::io::Error::other(error)),
+        }
+    }
+}
+
+/// Binds `config.server.listen` and serves in a background task.
+pub async fn start(config: Config) -> std::io::Result<Running> {
+    let listen = config.server.listen;
+    let grace = config.server.shutdown_grace;
+    let state = Arc::new(AppState::new(config).map_err(std::io::Error::other)?);
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let app = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let mut graceful_signal = stopped.clone();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful_signal.wait_for(|stop| *stop).await;
+    });
+    let task = tokio::spawn(async move {
+        let mut grace_signal = stopped;
+        let grace_over = async move {
+            let _ = grace_signal.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = serve.into_future() => result,
+            () = grace_over => {
+                tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining connections");
+                Ok(())
+            }
+        }
+    });
+    tracing::info!(%addr, "shepherd listening");
+    Ok(Running {
+        addr,
+        state,
+        stop,
+        task,
+    })
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {},
+            () = terminate => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

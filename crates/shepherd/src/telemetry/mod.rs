@@ -1,0 +1,3 @@
+//! Telemetry: logs now; metrics and traces join here, all names in one place.
+
+pub mod logging;

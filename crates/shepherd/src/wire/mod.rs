@@ -1,0 +1,4 @@
+//! Wire formats of the client and upstream protocols, and the one SSE implementation.
+
+pub mod openai;
+pub mod sse;
