@@ -170,10 +170,10 @@ fn upstream_error_response(
     secrets: &[crate::config::Secret],
 ) -> Result<Response, ApiError> {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    if !parsed
+    let is_error_object = parsed
         .as_ref()
-        .is_some_and(|value| value.get("error").is_some())
-    {
+        .is_some_and(|value| value.get("error").is_some());
+    if !is_error_object {
         return Err(ApiError::upstream_bad_response(&format!(
             "status {} with a body that is not an error object",
             status.as_u16()

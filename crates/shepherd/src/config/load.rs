@@ -439,7 +439,7 @@ keys:
         assert_eq!(config.providers.len(), 2);
         let ProviderKind::OpenAi {
             base_url, api_keys, ..
-        } = &config.providers[1].kind
+        } = &config.providers[0].kind
         else {
             panic!("expected openai: {:?}", config.providers);
         };

@@ -198,11 +198,15 @@ impl<'t> Builder<'t, '_> {
             match ((self.env)(name), default) {
                 (Some(value), _) => out.push_str(&value),
                 (None, Some(default)) => out.push_str(default),
-                (None, None) => self.problems.push(Problem::at(
-                    line,
-                    path,
-                    format!("environment variable `{name}` is not set"),
-                )),
+                (None, None) => {
+                    // Keep the placeholder so later checks do not report the value as empty too.
+                    out.push_str(&rest[start..start + end + 3]);
+                    self.problems.push(Problem::at(
+                        line,
+                        path,
+                        format!("environment variable `{name}` is not set"),
+                    ));
+                }
             }
             rest = &after[end + 1..];
         }

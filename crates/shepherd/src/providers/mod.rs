@@ -17,7 +17,7 @@ use futures_util::Stream;
 use crate::config::{ProviderConfig, ProviderKind, Timeouts};
 
 pub use headers::{forwardable_request_headers, redact_secrets, response_headers_to_client};
-pub use http::ConnectTimer;
+pub use http::{ConnectTimer, install_crypto_provider};
 
 /// Which client route a request came in on (and so which upstream endpoint it goes to).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,169 @@
+//! Shared harness of the black-box tests: a real Shepherd server (in-process, port 0) in front of
+//! a real mock-upstream, and small helpers to read answers and event streams.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mock_upstream::MockUpstream;
+use serde_json::Value;
+use shepherd::server::Running;
+
+pub const UPSTREAM_KEY: &str = "sk-upstream-secret-0123456789";
+pub const CLIENT_KEY: &str = "sk-client-all-abcdef";
+pub const LIMITED_KEY: &str = "sk-client-limited-abcdef";
+
+pub struct Harness {
+    pub mock: MockUpstream,
+    pub server: Running,
+    pub client: reqwest::Client,
+}
+
+/// The config of the harness; `server_extra` goes under `server:` (indented by the caller).
+pub fn config_yaml(upstream_base: &str, server_extra: &str) -> String {
+    format!(
+        "\
+server:
+  listen: 127.0.0.1:0
+  max_body: 64KiB
+  timeouts: {{connect: 1s, first_byte: 2s, idle: 1s, total: 30s}}
+  shutdown_grace: 10s
+  cors: {{allow_origins: ['https://app.example.com']}}
+{server_extra}
+providers:
+  up: {{kind: openai, base_url: '{upstream_base}', api_keys: ['{UPSTREAM_KEY}']}}
+  dead: {{kind: openai, base_url: 'http://127.0.0.1:9/v1', api_keys: ['sk-dead-upstream-key-000']}}
+  builtin: {{kind: mock}}
+models:
+  gpt-4.1:
+    deployments: [{{provider: up, model: upstream-gpt-4.1}}]
+  gpt-embed:
+    deployments: [{{provider: up, model: text-embedding-3-small}}]
+  gpt-dead:
+    deployments: [{{provider: dead}}]
+  local-mock:
+    deployments: [{{provider: builtin, model: mock-1}}]
+keys:
+  - {{name: all-models, key: {CLIENT_KEY}}}
+  - {{name: limited, key: {LIMITED_KEY}, models: ['local-*']}}
+telemetry: {{access_log: off, log_level: warn}}
+"
+    )
+}
+
+pub async fn start() -> Harness {
+    start_with("").await
+}
+
+pub async fn start_with(server_extra: &str) -> Harness {
+    let mock = MockUpstream::start().await.expect("mock upstream");
+    let yaml = config_yaml(&mock.base_url(), server_extra);
+    let config = shepherd::config::load_str(&yaml, "test.yaml", &|_| None).expect("config");
+    let server = shepherd::server::start(config).await.expect("server");
+    let client = test_client();
+    Harness {
+        mock,
+        server,
+        client,
+    }
+}
+
+/// A plain HTTP client with its own connection pool.
+pub fn test_client() -> reqwest::Client {
+    shepherd::providers::install_crypto_provider();
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+impl Harness {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.server.addr, path)
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+    }
+
+    pub fn chat(&self, body: Value) -> reqwest::RequestBuilder {
+        self.post("/v1/chat/completions", &body.to_string())
+    }
+}
+
+pub async fn json_of(response: reqwest::Response) -> Value {
+    let bytes = response.bytes().await.unwrap();
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
+}
+
+/// Reads an SSE response to its end; returns the `data:` payloads in order.
+pub async fn sse_payloads(response: reqwest::Response) -> Vec<String> {
+    let text = String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap();
+    text.split("\n\n")
+        .filter_map(|event| event.lines().find_map(|line| line.strip_prefix("data: ")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Reads the next whole event's data from a streaming response.
+pub struct EventReader {
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl EventReader {
+    pub fn new(response: reqwest::Response) -> Self {
+        EventReader {
+            stream: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    pub async fn next_data(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    return Some(data.to_owned());
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.stream.next())
+                .await
+                .expect("stream stalled in test")?;
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk.ok()?).unwrap());
+        }
+    }
+}
+
+/// Asserts an OpenAI error body: exactly message/type/param/code, with the given code.
+pub fn assert_openai_error(body: &Value, code: &str) {
+    let error = body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no error object: {body}"));
+    let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["code", "message", "param", "type"], "{body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(error["type"].is_string(), "{body}");
+    assert_eq!(error["code"], code, "{body}");
+    assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+}
+
+/// Waits (bounded) until `condition` holds.
+pub async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    condition()
+}

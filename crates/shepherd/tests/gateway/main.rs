@@ -1,0 +1,9 @@
+//! Black-box tests of the real server (router, lifecycle, binary) against mock-upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod check;
+mod common;
+mod errors;
+mod passthrough;
+mod shutdown;
+mod streaming;

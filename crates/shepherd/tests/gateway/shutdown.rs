@@ -1,0 +1,122 @@
+//! The real binary: SIGTERM stops accepting new work while an in-flight stream finishes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mock_upstream::MockUpstream;
+use serde_json::json;
+
+use crate::common::*;
+
+pub fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "shepherd-test-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_streams_and_refuses_new_work() {
+    let mock = MockUpstream::start().await.unwrap();
+    let yaml = config_yaml(&mock.base_url(), "")
+        .replace("access_log: off", "access_log: json")
+        .replace("log_level: warn", "log_level: info");
+    let path = temp_file("shepherd.yaml", &yaml);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shepherd"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if entry["message"] == "ready" {
+            break entry["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    let client = test_client();
+    let response = client
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-mock-chunks", "10")
+        .header("x-mock-chunk-delay-ms", "150")
+        .body(json!({"model": "gpt-4.1", "stream": true, "messages": [{"role": "user", "content": "long"}]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut events = EventReader::new(response);
+    events.next_data().await.unwrap();
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fresh = test_client();
+    let refused = fresh.get(format!("http://{addr}/healthz")).send().await;
+    assert!(
+        refused.is_err(),
+        "new connections must be refused while draining"
+    );
+
+    let mut rest = Vec::new();
+    while let Some(data) = events.next_data().await {
+        rest.push(data);
+    }
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("[DONE]"),
+        "in-flight stream cut by shutdown: {rest:?}"
+    );
+    assert_eq!(mock.stats().streams_completed, 1);
+
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let mut access_lines = Vec::new();
+    while let Ok(line) = lines.try_recv() {
+        access_lines.push(line);
+    }
+    let access: Vec<serde_json::Value> = access_lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "shepherd::access")
+        .collect();
+    let stream_line = access
+        .iter()
+        .find(|l| l["stream"] == true)
+        .expect("access log line of the stream");
+    assert_eq!(stream_line["key"], "all-models");
+    assert_eq!(stream_line["status"], 200);
+    assert_eq!(stream_line["outcome"], "complete");
+    assert_eq!(stream_line["deployment"], "up/upstream-gpt-4.1");
+    assert!(stream_line["bytes_out"].as_u64().unwrap() > 100);
+    assert!(stream_line["upstream_first_byte_ms"].as_f64().is_some());
+    assert!(stream_line["total_ms"].as_f64().unwrap() >= 1000.0);
+    assert!(
+        !access_lines
+            .iter()
+            .any(|l| l.contains(CLIENT_KEY) || l.contains(UPSTREAM_KEY))
+    );
+}
