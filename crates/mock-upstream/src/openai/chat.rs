@@ -1,0 +1,223 @@
+//! `POST /v1/chat/completions`: plain replies and tool calls, as a complete answer or as a
+//! stream of chunks.
+
+use bytes::Bytes;
+use hyper::{Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use super::{
+    ApiError, Ctx, DEFAULT_CHUNKS, FINGERPRINT, StreamHead, include_usage, is_stream, parse_object,
+    reply_words, required_model, spread_words, unix_now, usage,
+};
+use crate::body::{MockBody, SSE_DONE, SsePlan};
+use crate::{json_response, sse_response};
+
+const TOOL_CALL_ID: &str = "call_mock_1";
+const TOOL_ARGUMENTS: &str = r#"{"location":"Paris"}"#;
+const TOOL_COMPLETION_TOKENS: u64 = 12;
+
+/// Calls `f` on every text of a message content: the string itself, or the `text` of each part
+/// of an array content.
+fn for_each_text<'a>(content: Option<&'a Value>, mut f: impl FnMut(&'a str)) {
+    match content {
+        Some(Value::String(s)) => f(s),
+        Some(Value::Array(parts)) => {
+            for part in parts {
+                if let Some(text) = part.get("text").and_then(Value::as_str) {
+                    f(text);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn count_words(content: Option<&Value>) -> u64 {
+    let mut n = 0;
+    for_each_text(content, |t| n += t.split_whitespace().count() as u64);
+    n
+}
+
+fn content_text(content: Option<&Value>) -> String {
+    let mut out = String::new();
+    for_each_text(content, |t| {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(t);
+    });
+    out
+}
+
+/// Splits `s` (ASCII) into `pieces` non-empty parts (fewer if `s` is shorter).
+fn split_ascii(s: &str, pieces: usize) -> Vec<&str> {
+    let pieces = pieces.clamp(1, s.len().max(1));
+    let n = s.len();
+    (0..pieces)
+        .filter_map(|i| s.get(i * n / pieces..(i + 1) * n / pieces))
+        .collect()
+}
+
+fn chat_delta(delta: Value, finish_reason: Option<&str>) -> Value {
+    json!([{
+        "index": 0,
+        "delta": delta,
+        "logprobs": null,
+        "finish_reason": finish_reason,
+    }])
+}
+
+/// The tool to call: the first tool's name, when the request has tools and the last message
+/// mentions the weather.
+fn tool_to_call<'a>(req: &'a Map<String, Value>, last_text: &str) -> Option<&'a str> {
+    let tools = req.get("tools")?.as_array()?;
+    let first = tools.first()?;
+    if !last_text.to_ascii_lowercase().contains("weather") {
+        return None;
+    }
+    Some(
+        first
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("get_weather"),
+    )
+}
+
+pub(super) fn chat(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBody>, ApiError> {
+    let req = parse_object(body)?;
+    let model = required_model(&req)?;
+    let Some(messages) = req.get("messages").and_then(Value::as_array) else {
+        return Err(ApiError::invalid(
+            "'messages' is a required property",
+            Some("messages"),
+        ));
+    };
+    let stream = is_stream(&req);
+    let prompt_tokens: u64 = messages
+        .iter()
+        .map(|m| count_words(m.get("content")) + 4)
+        .sum();
+    let last_text = messages
+        .last()
+        .map(|m| content_text(m.get("content")))
+        .unwrap_or_default();
+    let chunks = ctx.behavior.chunks.unwrap_or(DEFAULT_CHUNKS);
+    let id = format!("chatcmpl-mock-{}", ctx.state.next_id());
+    let created = unix_now();
+    let tool = tool_to_call(&req, &last_text);
+
+    if !stream {
+        let (message, finish_reason, completion_tokens) = match tool {
+            Some(name) => (
+                json!({
+                    "role": "assistant",
+                    "content": null,
+                    "refusal": null,
+                    "tool_calls": [{
+                        "id": TOOL_CALL_ID,
+                        "type": "function",
+                        "function": {"name": name, "arguments": TOOL_ARGUMENTS},
+                    }],
+                }),
+                "tool_calls",
+                TOOL_COMPLETION_TOKENS,
+            ),
+            None => {
+                let words = reply_words(&last_text, chunks);
+                (
+                    json!({"role": "assistant", "content": words.join(" "), "refusal": null}),
+                    "stop",
+                    words.len() as u64,
+                )
+            }
+        };
+        let resp = json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": [{
+                "index": 0,
+                "message": message,
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }],
+            "usage": usage(prompt_tokens, completion_tokens),
+            "x_mock_extra": {"kept": true},
+        });
+        return Ok(json_response(StatusCode::OK, &resp));
+    }
+
+    let head = StreamHead {
+        id: &id,
+        object: "chat.completion.chunk",
+        created,
+        model,
+        include_usage: include_usage(&req),
+    };
+    let mut events = Vec::with_capacity(chunks + 4);
+    let (finish_reason, completion_tokens) = match tool {
+        Some(name) => {
+            events.push(head.event(chat_delta(
+                json!({
+                    "role": "assistant",
+                    "content": null,
+                    "tool_calls": [{
+                        "index": 0,
+                        "id": TOOL_CALL_ID,
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }],
+                }),
+                None,
+            )));
+            for piece in split_ascii(TOOL_ARGUMENTS, chunks.max(2)) {
+                events.push(head.event(chat_delta(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                    None,
+                )));
+            }
+            ("tool_calls", TOOL_COMPLETION_TOKENS)
+        }
+        None => {
+            events.push(head.event(chat_delta(
+                json!({"role": "assistant", "content": ""}),
+                None,
+            )));
+            let words = reply_words(&last_text, chunks);
+            for piece in spread_words(&words, chunks) {
+                events.push(head.event(chat_delta(json!({"content": piece}), None)));
+            }
+            ("stop", words.len() as u64)
+        }
+    };
+    let content_len = events.len() - 1;
+    events.push(head.event(chat_delta(json!({}), Some(finish_reason))));
+    if head.include_usage {
+        events.push(head.usage_event(usage(prompt_tokens, completion_tokens)));
+    }
+    events.push(Bytes::from_static(SSE_DONE));
+    let plan = SsePlan {
+        events,
+        content_start: 1,
+        content_len,
+        ..SsePlan::default()
+    }
+    .with_behavior(ctx.behavior);
+    Ok(sse_response(StatusCode::OK, plan, ctx.state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_split_in_pieces() {
+        let parts = split_ascii(TOOL_ARGUMENTS, 2);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts.concat(), TOOL_ARGUMENTS);
+        assert_eq!(split_ascii(TOOL_ARGUMENTS, 1000).concat(), TOOL_ARGUMENTS);
+    }
+}

@@ -1,0 +1,199 @@
+//! The OpenAI-compatible API in OpenAI's wire format: the route dispatch, the handler context and
+//! the helpers shared by the handlers. Answers are deterministic: replies echo the last message,
+//! token counts are whitespace-word counts, and embeddings are derived from a hash of the input.
+
+mod chat;
+mod completions;
+mod embeddings;
+mod errors;
+mod models;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::{Method, Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use crate::State;
+use crate::behavior::Behavior;
+use crate::body::{MockBody, sse_data};
+use crate::json_response;
+
+pub(crate) use errors::{ApiError, malformed};
+pub use models::MODELS;
+
+const FINGERPRINT: &str = "fp_mock";
+const DEFAULT_CHUNKS: usize = 4;
+const MAX_ECHO_CHARS: usize = 200;
+const REPLY_PREFIX: &str = "Mock reply to: ";
+const PAD_WORD: &str = "lorem";
+
+/// What a handler needs besides the request body.
+pub(crate) struct Ctx<'a> {
+    pub(crate) state: &'a Arc<State>,
+    pub(crate) behavior: &'a Behavior,
+}
+
+/// Answers an OpenAI route, or `None` when `path` (with any `/v1` prefix already removed) is not
+/// one.
+pub(crate) fn route(
+    ctx: &Ctx<'_>,
+    method: &Method,
+    path: &str,
+    body: &Bytes,
+) -> Option<Response<MockBody>> {
+    let result = match (method.as_str(), path) {
+        ("POST", "/chat/completions") => chat::chat(ctx, body),
+        ("POST", "/completions") => completions::completions(ctx, body),
+        ("POST", "/embeddings") => embeddings::embeddings(body),
+        ("GET", "/models") => Ok(models::models()),
+        ("GET", p) => {
+            let id = p.strip_prefix("/models/").filter(|id| !id.is_empty())?;
+            Ok(json_response(StatusCode::OK, &models::model_json(id)))
+        }
+        _ => return None,
+    };
+    Some(result.unwrap_or_else(ApiError::into_response))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers
+
+fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::invalid(
+            "The request body must be a JSON object.",
+            None,
+        )),
+        Err(e) => Err(ApiError::bad_json(&e)),
+    }
+}
+
+fn required_model(req: &Map<String, Value>) -> Result<&str, ApiError> {
+    match req.get("model") {
+        Some(Value::String(m)) => Ok(m),
+        _ => Err(ApiError::invalid(
+            "you must provide a model parameter",
+            Some("model"),
+        )),
+    }
+}
+
+fn include_usage(req: &Map<String, Value>) -> bool {
+    req.get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+fn is_stream(req: &Map<String, Value>) -> bool {
+    req.get("stream").and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn usage(prompt: u64, completion: u64) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
+}
+
+/// The words of the reply to `input`, padded with filler words up to `min_words`.
+fn reply_words(input: &str, min_words: usize) -> Vec<String> {
+    let truncated: String = input.chars().take(MAX_ECHO_CHARS).collect();
+    let mut words: Vec<String> = REPLY_PREFIX
+        .split_whitespace()
+        .chain(truncated.split_whitespace())
+        .map(str::to_owned)
+        .collect();
+    while words.len() < min_words {
+        words.push(PAD_WORD.to_owned());
+    }
+    words
+}
+
+/// Spreads `words` over exactly `pieces` stream chunks (words keep their separating spaces, so
+/// the concatenation of the pieces is `words.join(" ")`).
+fn spread_words(words: &[String], pieces: usize) -> Vec<String> {
+    let n = words.len();
+    (0..pieces)
+        .map(|i| {
+            let (start, end) = (i * n / pieces, (i + 1) * n / pieces);
+            let mut piece = String::new();
+            for (j, word) in words[start..end].iter().enumerate() {
+                if start + j > 0 {
+                    piece.push(' ');
+                }
+                piece.push_str(word);
+            }
+            piece
+        })
+        .collect()
+}
+
+/// The common fields of the chunks of one stream.
+struct StreamHead<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    include_usage: bool,
+}
+
+impl StreamHead<'_> {
+    fn event(&self, choices: Value) -> Bytes {
+        let mut v = json!({
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": choices,
+        });
+        if self.include_usage {
+            if let Value::Object(m) = &mut v {
+                m.insert("usage".to_owned(), Value::Null);
+            }
+        }
+        sse_data(&v)
+    }
+
+    fn usage_event(&self, usage: Value) -> Bytes {
+        sse_data(&json!({
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": [],
+            "usage": usage,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_spread_and_padded() {
+        let words = reply_words("hi", 6);
+        assert_eq!(words.len(), 6);
+        let pieces = spread_words(&words, 6);
+        assert_eq!(pieces.concat(), words.join(" "));
+        assert!(pieces.iter().all(|p| !p.is_empty()));
+
+        let words = reply_words("a b c d e f g h", 3);
+        let pieces = spread_words(&words, 3);
+        assert_eq!(pieces.len(), 3);
+        assert_eq!(pieces.concat(), "Mock reply to: a b c d e f g h");
+    }
+}
