@@ -21,6 +21,16 @@ pub fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
     path
 }
 
+/// Kills the server if the test fails before it exits by itself.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_streams_and_refuses_new_work() {
     let mock = MockUpstream::start().await.unwrap();
@@ -28,15 +38,17 @@ async fn sigterm_drains_in_flight_streams_and_refuses_new_work() {
         .replace("access_log: off", "access_log: json")
         .replace("log_level: warn", "log_level: info");
     let path = temp_file("shepherd.yaml", &yaml);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shepherd"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_shepherd"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = lines_tx.send(line);
@@ -66,7 +78,7 @@ async fn sigterm_drains_in_flight_streams_and_refuses_new_work() {
     events.next_data().await.unwrap();
 
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
@@ -89,7 +101,7 @@ async fn sigterm_drains_in_flight_streams_and_refuses_new_work() {
     );
     assert_eq!(mock.stats().streams_completed, 1);
 
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let status = tokio::task::spawn_blocking(move || child.0.wait())
         .await
         .unwrap()
         .unwrap();
