@@ -20,10 +20,11 @@ keys:
   - {name: svc, key: k1}
   - {name: svc, key: k2}
 ";
-    let path = temp_file("broken.yaml", broken);
+    let broken = temp_file("broken.yaml", broken);
+    let path = &broken.path;
     let output = Command::new(env!("CARGO_BIN_EXE_shepherd"))
         .args(["check", "--config"])
-        .arg(&path)
+        .arg(path)
         .env_remove("SHEPHERD_TEST_UNSET_KEY")
         .output()
         .unwrap();
@@ -51,7 +52,7 @@ keys:
     );
     let output = Command::new(env!("CARGO_BIN_EXE_shepherd"))
         .args(["check", "--config"])
-        .arg(&good)
+        .arg(&good.path)
         .output()
         .unwrap();
     assert!(

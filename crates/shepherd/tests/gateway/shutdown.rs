@@ -9,16 +9,26 @@ use serde_json::json;
 
 use crate::common::*;
 
-pub fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "shepherd-test-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
+/// A file in a fresh temporary folder, removed with the folder when dropped.
+pub struct TempFile {
+    pub path: std::path::PathBuf,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+pub fn temp_file(name: &str, contents: &str) -> TempFile {
+    let unique = format!("shepherd-test-{}-{}", std::process::id(), fastrand::u64(..));
+    let dir = std::env::temp_dir().join(unique);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
-    path
+    TempFile { path }
 }
 
 /// Kills the server if the test fails before it exits by itself.
@@ -37,11 +47,11 @@ async fn sigterm_drains_in_flight_streams_and_refuses_new_work() {
     let yaml = config_yaml(&mock.base_url(), "")
         .replace("access_log: off", "access_log: json")
         .replace("log_level: warn", "log_level: info");
-    let path = temp_file("shepherd.yaml", &yaml);
+    let config = temp_file("shepherd.yaml", &yaml);
     let mut child = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_shepherd"))
             .args(["serve", "--config"])
-            .arg(&path)
+            .arg(&config.path)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
