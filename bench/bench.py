@@ -250,16 +250,16 @@ def scenarios(args) -> dict:
     }
 
 
-def memory(servers: Servers, target: str) -> dict:
+def held_connections_rss(servers: Servers, target: str) -> dict:
+    """RSS of the proxy while 1,024 idle keep-alive connections are open to it."""
     pid = servers.pid(target)
-    idle = rss_mb(pid)
     hold = subprocess.Popen(["taskset", "-c", CORE_LOAD, str(RELEASE / "loadgen"), "hold", "--url", url(target, "/healthz"),
                              "--connections", "1024", "--seconds", "2"], stdout=subprocess.PIPE, text=True)
     ready = hold.stdout.readline()
     time.sleep(0.5)
     held = rss_mb(pid)
     hold.communicate(timeout=60)
-    return {"rss_idle_mb": idle, "rss_1024_conns_mb": held, "hold_ready": json.loads(ready).get("ready") if ready else 0}
+    return {"rss_1024_conns_mb": held, "hold_ready": json.loads(ready).get("ready") if ready else 0}
 
 
 def cold_start(servers: Servers, target: str, tries: int) -> dict:
@@ -387,6 +387,7 @@ def main() -> int:
         memory_runs = {t: {} for t in TARGETS}
         for t in ("nginx", "shepherd"):
             memory_runs[t]["rss_idle_mb"] = rss_mb(servers.pid(t))
+            memory_runs[t].update(held_connections_rss(servers, t))
         plan = scenarios(args)
         chosen = [s for s in plan if not args.only or s in args.only.split(",")]
         for round_no in range(args.rounds):
@@ -403,7 +404,6 @@ def main() -> int:
                     print(f"round {round_no + 1} {scenario:12} {target:9} steal {result['steal_pct']:4.1f}%{flag}", file=sys.stderr, flush=True)
         for t in ("nginx", "shepherd"):
             memory_runs[t]["rss_after_mb"] = rss_mb(servers.pid(t))
-            memory_runs[t].update(memory(servers, t))
         coldstart = {"direct": {}}
         for t in ("nginx", "shepherd"):
             coldstart[t] = cold_start(servers, t, tries=5)

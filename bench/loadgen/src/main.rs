@@ -126,7 +126,10 @@ struct StreamResults {
     incomplete: u64,
 }
 
-async fn run_streams(plan: StreamPlan, concurrency: usize) -> Result<serde_json::Value, reqwest::Error> {
+async fn run_streams(
+    plan: StreamPlan,
+    concurrency: usize,
+) -> Result<serde_json::Value, reqwest::Error> {
     let client = client(concurrency)?;
     let plan = Arc::new(plan);
     let results = Arc::new(Mutex::new(StreamResults::default()));
@@ -136,10 +139,12 @@ async fn run_streams(plan: StreamPlan, concurrency: usize) -> Result<serde_json:
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (client, plan, results, body) = (client.clone(), plan.clone(), results.clone(), body.clone());
+        let (client, plan, results, body) =
+            (client.clone(), plan.clone(), results.clone(), body.clone());
         workers.push(tokio::spawn(async move {
             let mut done = 0;
-            while Instant::now() < plan.until && (plan.max_streams == 0 || done < plan.max_streams) {
+            while Instant::now() < plan.until && (plan.max_streams == 0 || done < plan.max_streams)
+            {
                 let outcome = one_stream(&client, &plan, &body).await;
                 let mut results = results.lock().await;
                 match outcome {
@@ -162,7 +167,11 @@ async fn run_streams(plan: StreamPlan, concurrency: usize) -> Result<serde_json:
     }
     let elapsed = started.elapsed().as_secs_f64();
     let results = results.lock().await;
-    let late = results.excess_us.iter().filter(|us| **us > 10_000.0).count();
+    let late = results
+        .excess_us
+        .iter()
+        .filter(|us| **us > 10_000.0)
+        .count();
     Ok(json!({
         "streams": results.streams, "errors": results.errors, "incomplete": results.incomplete,
         "seconds": elapsed, "concurrency": concurrency,
@@ -173,7 +182,11 @@ async fn run_streams(plan: StreamPlan, concurrency: usize) -> Result<serde_json:
 }
 
 /// One stream: (time to first content byte in µs, each chunk's delay beyond pacing in µs, saw [DONE]).
-async fn one_stream(client: &reqwest::Client, plan: &StreamPlan, body: &str) -> Result<(f64, Vec<f64>, bool), reqwest::Error> {
+async fn one_stream(
+    client: &reqwest::Client,
+    plan: &StreamPlan,
+    body: &str,
+) -> Result<(f64, Vec<f64>, bool), reqwest::Error> {
     let sent = Instant::now();
     let response = client
         .post(&plan.url)
@@ -213,13 +226,22 @@ async fn one_stream(client: &reqwest::Client, plan: &StreamPlan, body: &str) -> 
     Ok((ttfb.unwrap_or(0.0), excess, complete))
 }
 
-async fn hold(url: &str, connections: usize, seconds: f64) -> Result<serde_json::Value, reqwest::Error> {
+async fn hold(
+    url: &str,
+    connections: usize,
+    seconds: f64,
+) -> Result<serde_json::Value, reqwest::Error> {
     let client = client(connections)?;
     let opened = Arc::new(tokio::sync::Barrier::new(connections + 1));
     let release = Arc::new(tokio::sync::Notify::new());
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let (client, opened, release, url) = (client.clone(), opened.clone(), release.clone(), url.to_owned());
+        let (client, opened, release, url) = (
+            client.clone(),
+            opened.clone(),
+            release.clone(),
+            url.to_owned(),
+        );
         tasks.push(tokio::spawn(async move {
             // A slow request holds its connection open until the hold ends.
             let ok = client.get(&url).send().await.is_ok();
@@ -241,14 +263,26 @@ async fn hold(url: &str, connections: usize, seconds: f64) -> Result<serde_json:
     Ok(json!({"connections": connections, "ok": ok}))
 }
 
-async fn coldstart(url: &str, command: &[String]) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+async fn coldstart(
+    url: &str,
+    command: &[String],
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let client = client(1)?;
     let (program, args) = command.split_first().ok_or("no command")?;
     let started = Instant::now();
-    let mut child = Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
     let mut answered = None;
     while started.elapsed() < Duration::from_secs(10) {
-        if let Ok(response) = client.get(url).timeout(Duration::from_millis(200)).send().await {
+        if let Ok(response) = client
+            .get(url)
+            .timeout(Duration::from_millis(200))
+            .send()
+            .await
+        {
             if response.status().is_success() {
                 answered = Some(started.elapsed().as_secs_f64() * 1000.0);
                 break;
@@ -256,7 +290,10 @@ async fn coldstart(url: &str, command: &[String]) -> Result<serde_json::Value, B
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
-    let _ = child.kill();
+    // SIGTERM, not SIGKILL: nginx's master must take its workers down with it.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
     Ok(json!({"first_200_ms": answered}))
 }

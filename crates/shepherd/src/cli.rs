@@ -48,7 +48,11 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => check(&config_path(config)),
-        Command::Serve { config } => serve(&config_path(config)),
+        Command::Serve { config } => {
+            let code = serve(&config_path(config));
+            crate::telemetry::output::flush();
+            code
+        }
     }
 }
 

@@ -19,6 +19,16 @@ pub enum Outcome {
     StreamError,
 }
 
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::ClientGone => "client_gone",
+            Outcome::StreamError => "stream_error",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Fields {
     key_name: Option<Arc<str>>,
@@ -144,7 +154,7 @@ impl Drop for RequestContext {
         } else {
             Outcome::ClientGone
         };
-        crate::telemetry::logging::access_log(&crate::telemetry::logging::AccessRecord {
+        crate::telemetry::access::write(&crate::telemetry::access::AccessRecord {
             request_id: &self.request_id,
             key: fields.key_name.as_deref(),
             client_ip: self.client_ip,
@@ -160,7 +170,7 @@ impl Drop for RequestContext {
             upstream_first_byte_ms: millis(fields.upstream_first_byte),
             upstream_total_ms: millis(fields.upstream_total),
             total_ms: millis(Some(self.started.elapsed())).unwrap_or_default(),
-            outcome,
+            outcome: outcome.as_str(),
             error: fields.error,
         });
     }

@@ -86,7 +86,7 @@ pub struct Provider {
 
 #[derive(Debug)]
 enum Adapter {
-    OpenAi(openai_compat::OpenAiCompat),
+    OpenAi(Box<openai_compat::OpenAiCompat>),
     Mock,
 }
 
@@ -97,9 +97,9 @@ impl Provider {
                 base_url,
                 api_keys,
                 headers,
-            } => Adapter::OpenAi(openai_compat::OpenAiCompat::new(
+            } => Adapter::OpenAi(Box::new(openai_compat::OpenAiCompat::new(
                 base_url, api_keys, headers, timeouts,
-            )?),
+            )?)),
             ProviderKind::Mock => Adapter::Mock,
         };
         Ok(Provider {

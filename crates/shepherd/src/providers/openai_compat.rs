@@ -4,12 +4,15 @@
 use axum::http::{HeaderName, HeaderValue, header};
 use futures_util::StreamExt;
 
-use super::{UpstreamError, UpstreamRequest, UpstreamResponse, forwardable_request_headers, http};
+use super::{
+    Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse, forwardable_request_headers, http,
+};
 use crate::config::{Secret, Timeouts};
 
 #[derive(Debug)]
 pub struct OpenAiCompat {
-    base_url: String,
+    /// Full URL of each endpoint, parsed once.
+    urls: EndpointUrls,
     api_keys: Vec<Secret>,
     /// `Authorization: Bearer …` for each key, built once.
     auth_values: Vec<HeaderValue>,
@@ -42,7 +45,7 @@ impl OpenAiCompat {
             extra_headers.push((name, value));
         }
         Ok(OpenAiCompat {
-            base_url: base_url.to_owned(),
+            urls: EndpointUrls::new(base_url)?,
             api_keys: api_keys.to_vec(),
             auth_values,
             extra_headers,
@@ -59,7 +62,7 @@ impl OpenAiCompat {
         request: UpstreamRequest<'_>,
         sequence: u64,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let url = format!("{}{}", self.base_url, request.endpoint.path());
+        let url = self.urls.get(request.endpoint).clone();
         let mut headers = forwardable_request_headers(request.client_headers);
         for (name, value) in &self.extra_headers {
             headers.insert(name.clone(), value.clone());
@@ -93,6 +96,36 @@ impl OpenAiCompat {
             headers,
             body: Box::pin(body),
         })
+    }
+}
+
+/// The upstream URL of every endpoint, so that no request parses a URL.
+#[derive(Debug)]
+struct EndpointUrls {
+    chat_completions: reqwest::Url,
+    completions: reqwest::Url,
+    embeddings: reqwest::Url,
+}
+
+impl EndpointUrls {
+    fn new(base_url: &str) -> Result<Self, String> {
+        let parse = |endpoint: Endpoint| {
+            reqwest::Url::parse(&format!("{base_url}{}", endpoint.path()))
+                .map_err(|error| format!("`{base_url}` is not a valid base URL: {error}"))
+        };
+        Ok(EndpointUrls {
+            chat_completions: parse(Endpoint::ChatCompletions)?,
+            completions: parse(Endpoint::Completions)?,
+            embeddings: parse(Endpoint::Embeddings)?,
+        })
+    }
+
+    fn get(&self, endpoint: Endpoint) -> &reqwest::Url {
+        match endpoint {
+            Endpoint::ChatCompletions => &self.chat_completions,
+            Endpoint::Completions => &self.completions,
+            Endpoint::Embeddings => &self.embeddings,
+        }
     }
 }
 
