@@ -246,7 +246,7 @@ impl Loader {
                         continue;
                     };
                     if !(base_url.starts_with("http://") || base_url.starts_with("https://"))
-                        || reqwest::Url::parse(&base_url).is_err()
+                        || base_url.parse::<axum::http::Uri>().is_err()
                     {
                         self.problem(
                             &join_path(&path, "base_url"),

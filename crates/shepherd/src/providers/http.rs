@@ -8,6 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
 use crate::config::Timeouts;
 
 tokio::task_local! {
@@ -29,18 +36,9 @@ impl ConnectTimer {
     }
 }
 
-#[derive(Clone)]
-struct TimeConnects;
-
-impl<S> tower_layer::Layer<S> for TimeConnects {
-    type Service = TimedConnector<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        TimedConnector { inner }
-    }
-}
-
-#[derive(Clone)]
-struct TimedConnector<S> {
+/// A connector that records how long each new connection took into the request's timer.
+#[derive(Clone, Debug)]
+pub struct TimedConnector<S> {
     inner: S,
 }
 
@@ -79,17 +77,27 @@ pub fn install_crypto_provider() {
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The client of one upstream: hyper's pooled client over plain TCP or rustls.
+pub type UpstreamClient = Client<HttpsConnector<TimedConnector<HttpConnector>>, Full<Bytes>>;
+
 /// Builds the HTTP client of one upstream.
-pub fn build_client(timeouts: &Timeouts) -> Result<reqwest::Client, String> {
+pub fn build_client(timeouts: &Timeouts) -> Result<UpstreamClient, String> {
     install_crypto_provider();
-    reqwest::Client::builder()
-        .connect_timeout(timeouts.connect)
-        .tcp_nodelay(true)
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(timeouts.connect));
+    tcp.set_keepalive(Some(Duration::from_secs(60)));
+    tcp.enforce_http(false);
+    let connector = HttpsConnectorBuilder::new()
+        .try_with_platform_verifier()
+        .map_err(|error| format!("cannot load the system's TLS roots: {error}"))?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(TimedConnector { inner: tcp });
+    Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
-        .http2_adaptive_window(true)
-        .no_proxy()
-        .connector_layer(TimeConnects)
-        .build()
-        .map_err(|error| format!("cannot build the HTTP client: {error}"))
+        .pool_timer(TokioTimer::new())
+        .build(connector))
 }

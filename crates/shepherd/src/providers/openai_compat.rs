@@ -1,11 +1,13 @@
 //! Any OpenAI-compatible upstream (OpenAI, DeepSeek, Groq, vLLM, Ollama, relays): same protocol
 //! in and out, so the body goes up as it came (model already rewritten) and comes back as bytes.
 
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, Method, Request, Uri, header};
 use futures_util::StreamExt;
+use http_body_util::{BodyDataStream, Full};
 
+use super::http::{self, UpstreamClient};
 use super::{
-    Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse, forwardable_request_headers, http,
+    Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse, forwardable_request_headers,
 };
 use crate::config::{Secret, Timeouts};
 
@@ -17,7 +19,7 @@ pub struct OpenAiCompat {
     /// `Authorization: Bearer …` for each key, built once.
     auth_values: Vec<HeaderValue>,
     extra_headers: Vec<(HeaderName, HeaderValue)>,
-    client: reqwest::Client,
+    client: UpstreamClient,
 }
 
 impl OpenAiCompat {
@@ -62,7 +64,6 @@ impl OpenAiCompat {
         request: UpstreamRequest<'_>,
         sequence: u64,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let url = self.urls.get(request.endpoint).clone();
         let mut headers = forwardable_request_headers(request.client_headers);
         for (name, value) in &self.extra_headers {
             headers.insert(name.clone(), value.clone());
@@ -78,22 +79,21 @@ impl OpenAiCompat {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        let mut outgoing = Request::new(Full::new(request.body));
+        *outgoing.method_mut() = Method::POST;
+        *outgoing.uri_mut() = self.urls.get(request.endpoint).clone();
+        *outgoing.headers_mut() = headers;
         let response = self
             .client
-            .post(url)
-            .headers(headers)
-            .body(request.body)
-            .send()
+            .request(outgoing)
             .await
             .map_err(|error| classify(&error))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .bytes_stream()
-            .map(|chunk| chunk.map_err(|error| classify(&error)));
+        let (parts, body) = response.into_parts();
+        let body = BodyDataStream::new(body)
+            .map(|chunk| chunk.map_err(|error| UpstreamError::Transport(describe(&error))));
         Ok(UpstreamResponse {
-            status,
-            headers,
+            status: parts.status,
+            headers: parts.headers,
             body: Box::pin(body),
         })
     }
@@ -102,15 +102,16 @@ impl OpenAiCompat {
 /// The upstream URL of every endpoint, so that no request parses a URL.
 #[derive(Debug)]
 struct EndpointUrls {
-    chat_completions: reqwest::Url,
-    completions: reqwest::Url,
-    embeddings: reqwest::Url,
+    chat_completions: Uri,
+    completions: Uri,
+    embeddings: Uri,
 }
 
 impl EndpointUrls {
     fn new(base_url: &str) -> Result<Self, String> {
         let parse = |endpoint: Endpoint| {
-            reqwest::Url::parse(&format!("{base_url}{}", endpoint.path()))
+            format!("{base_url}{}", endpoint.path())
+                .parse::<Uri>()
                 .map_err(|error| format!("`{base_url}` is not a valid base URL: {error}"))
         };
         Ok(EndpointUrls {
@@ -120,7 +121,7 @@ impl EndpointUrls {
         })
     }
 
-    fn get(&self, endpoint: Endpoint) -> &reqwest::Url {
+    fn get(&self, endpoint: Endpoint) -> &Uri {
         match endpoint {
             Endpoint::ChatCompletions => &self.chat_completions,
             Endpoint::Completions => &self.completions,
@@ -129,20 +130,31 @@ impl EndpointUrls {
     }
 }
 
-/// A transport error in words a client may read (no URL with secrets in it).
-fn classify(error: &reqwest::Error) -> UpstreamError {
-    let mut detail = String::new();
-    let mut source: Option<&dyn std::error::Error> = Some(error);
+/// The innermost cause of an error, in words a client may read (no URL with secrets in it).
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut detail = error.to_string();
+    let mut source = error.source();
     while let Some(current) = source {
         detail = current.to_string();
         source = current.source();
     }
-    let detail = detail.replace(|c: char| c.is_control(), " ");
-    if error.is_timeout() {
-        UpstreamError::Timeout(detail)
-    } else if error.is_connect() {
-        UpstreamError::Connect(detail)
+    detail.replace(|c: char| c.is_control(), " ")
+}
+
+/// A failed request: connect timeouts, refused connections and broken exchanges told apart.
+fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return UpstreamError::Timeout(describe(error));
+            }
+        }
+        source = current.source();
+    }
+    if error.is_connect() {
+        UpstreamError::Connect(describe(error))
     } else {
-        UpstreamError::Transport(detail)
+        UpstreamError::Transport(describe(error))
     }
 }
