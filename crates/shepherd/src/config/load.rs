@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -396,11 +395,6 @@ impl Loader {
 fn unknown_field_name(message: &str) -> Option<&str> {
     let rest = message.strip_prefix("unknown field `")?;
     rest.split('`').next()
-}
-
-/// The model names of a config, as shared `Arc<str>`.
-pub fn model_names(config: &Config) -> Vec<Arc<str>> {
-    config.models.iter().map(|m| m.name.clone()).collect()
 }
 
 #[cfg(test)]

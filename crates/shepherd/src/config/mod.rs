@@ -7,6 +7,6 @@ mod problems;
 mod raw;
 mod yaml;
 
-pub use load::{load_file, load_str, model_names};
+pub use load::{load_file, load_str};
 pub use model::*;
 pub use problems::{Problem, Problems};

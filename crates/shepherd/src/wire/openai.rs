@@ -9,12 +9,11 @@ use crate::api::errors::ApiError;
 
 /// What routing needs from an OpenAI request body; every other field stays as raw bytes.
 #[derive(Debug)]
-pub struct RequestHead<'a> {
+pub struct RequestHead {
     pub model: String,
     pub stream: bool,
     /// Byte range of the `model` value (quotes included) inside the body.
     model_span: (usize, usize),
-    _body: std::marker::PhantomData<&'a [u8]>,
 }
 
 #[derive(Deserialize)]
@@ -25,16 +24,16 @@ struct RawHead<'a> {
     stream: Option<&'a RawValue>,
 }
 
-impl<'a> RequestHead<'a> {
+impl RequestHead {
     /// Parses the head of a request body, with errors that name the field at fault.
-    pub fn parse(body: &'a [u8]) -> Result<Self, ApiError> {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'{') {
             return Err(ApiError::invalid_json(
                 "the body must be a JSON object (Content-Type: application/json)",
             ));
         }
-        let raw: RawHead<'a> = serde_json::from_slice(body).map_err(|error| {
+        let raw: RawHead<'_> = serde_json::from_slice(body).map_err(|error| {
             let text = error.to_string();
             if let Some(field) = text
                 .strip_prefix("duplicate field `")
@@ -62,7 +61,6 @@ impl<'a> RequestHead<'a> {
             model,
             stream,
             model_span: (start, start + model_raw.get().len()),
-            _body: std::marker::PhantomData,
         })
     }
 
