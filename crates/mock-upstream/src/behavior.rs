@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 /// How the mock answers a request. Every field left at its default means "behave normally".
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Behavior {
-    /// Answer with this status; a non-2xx status gets an OpenAI error JSON body (unless `body`
-    /// is set). A 2xx status without `body` changes only the status of the normal answer.
+    /// Answer with this status; a non-2xx status gets an error JSON body in the shape of the
+    /// protocol of the route (OpenAI, Anthropic or Gemini), unless `body` is set. A 2xx status without `body` changes only the status of the normal answer.
     pub status: Option<u16>,
     /// Answer with exactly this body (content-type `application/json`).
     pub body: Option<String>,
@@ -30,6 +30,20 @@ pub struct Behavior {
     /// Error bodies include the received upstream key ("Incorrect API key provided: <key>...").
     /// Without an explicit `status`, this implies status 401.
     pub echo_key: bool,
+    /// Stream: after N content chunks, send the protocol's in-stream error event (OpenAI
+    /// `data: {"error":…}`, Anthropic `event: error` with `overloaded_error`, Gemini
+    /// `data: {"error":…}` with `UNAVAILABLE`) and end the stream cleanly.
+    pub stream_error_after: Option<usize>,
+    /// Report this many cache-read prompt tokens, on top of the uncached ones: Anthropic
+    /// `cache_read_input_tokens`, OpenAI `prompt_tokens_details.cached_tokens` (included in
+    /// `prompt_tokens`), Gemini `cachedContentTokenCount` (included in `promptTokenCount`).
+    pub cache_read_tokens: Option<u64>,
+    /// Force this finish reason (OpenAI `finish_reason`, Anthropic `stop_reason`, Gemini
+    /// `finishReason`, e.g. `SAFETY`), sent as is.
+    pub finish_reason: Option<String>,
+    /// Gemini: report this many thinking tokens (`usageMetadata.thoughtsTokenCount`, included in
+    /// `totalTokenCount`).
+    pub thoughts_tokens: Option<u64>,
 }
 
 /// The request headers that override [`Behavior`] fields.
@@ -52,6 +66,14 @@ pub const HEADER_MALFORMED: &str = "x-mock-malformed";
 pub const HEADER_RETRY_AFTER: &str = "x-mock-retry-after";
 /// See [`Behavior::echo_key`].
 pub const HEADER_ECHO_KEY: &str = "x-mock-echo-key";
+/// See [`Behavior::stream_error_after`].
+pub const HEADER_STREAM_ERROR_AFTER: &str = "x-mock-stream-error-after";
+/// See [`Behavior::cache_read_tokens`].
+pub const HEADER_CACHE_READ_TOKENS: &str = "x-mock-cache-read-tokens";
+/// See [`Behavior::finish_reason`].
+pub const HEADER_FINISH_REASON: &str = "x-mock-finish-reason";
+/// See [`Behavior::thoughts_tokens`].
+pub const HEADER_THOUGHTS_TOKENS: &str = "x-mock-thoughts-tokens";
 
 impl Behavior {
     /// Returns this behaviour overridden by the `x-mock-*` headers present in `headers`.
@@ -81,6 +103,19 @@ impl Behavior {
                 HEADER_MALFORMED => out.malformed = parse_bool(value).ok_or_else(bad)?,
                 HEADER_RETRY_AFTER => out.retry_after = Some(value.to_owned()),
                 HEADER_ECHO_KEY => out.echo_key = parse_bool(value).ok_or_else(bad)?,
+                HEADER_STREAM_ERROR_AFTER => {
+                    out.stream_error_after = Some(value.parse().map_err(|_| bad())?);
+                }
+                HEADER_CACHE_READ_TOKENS => {
+                    out.cache_read_tokens = Some(value.parse().map_err(|_| bad())?);
+                }
+                HEADER_FINISH_REASON if !value.is_empty() => {
+                    out.finish_reason = Some(value.to_owned());
+                }
+                HEADER_FINISH_REASON => return Err(bad()),
+                HEADER_THOUGHTS_TOKENS => {
+                    out.thoughts_tokens = Some(value.parse().map_err(|_| bad())?);
+                }
                 _ => {}
             }
         }
@@ -120,6 +155,15 @@ impl Behavior {
                     });
                 }
                 "echo_key" => out.echo_key = v.as_bool().ok_or_else(bad)?,
+                "stream_error_after" => {
+                    out.stream_error_after = Some(json_usize(v).ok_or_else(bad)?);
+                }
+                "cache_read_tokens" => out.cache_read_tokens = Some(v.as_u64().ok_or_else(bad)?),
+                "finish_reason" => {
+                    let reason = v.as_str().filter(|r| !r.is_empty()).ok_or_else(bad)?;
+                    out.finish_reason = Some(reason.to_owned());
+                }
+                "thoughts_tokens" => out.thoughts_tokens = Some(v.as_u64().ok_or_else(bad)?),
                 _ => return Err(format!("unknown behavior field: {key}")),
             }
         }
@@ -142,6 +186,13 @@ impl Behavior {
         m.insert("malformed".into(), self.malformed.into());
         m.insert("retry_after".into(), self.retry_after.clone().into());
         m.insert("echo_key".into(), self.echo_key.into());
+        m.insert(
+            "stream_error_after".into(),
+            self.stream_error_after.map(|c| c as u64).into(),
+        );
+        m.insert("cache_read_tokens".into(), self.cache_read_tokens.into());
+        m.insert("finish_reason".into(), self.finish_reason.clone().into());
+        m.insert("thoughts_tokens".into(), self.thoughts_tokens.into());
         Value::Object(m)
     }
 
@@ -200,7 +251,11 @@ mod tests {
         h.insert(HEADER_CHUNKS, HeaderValue::from_static("2"));
         h.insert(HEADER_MALFORMED, HeaderValue::from_static("1"));
         h.insert("x-mock-unknown", HeaderValue::from_static("zzz"));
+        h.insert(HEADER_STREAM_ERROR_AFTER, HeaderValue::from_static("1"));
+        h.insert(HEADER_FINISH_REASON, HeaderValue::from_static("SAFETY"));
         let b = base.with_headers(&h).unwrap();
+        assert_eq!(b.stream_error_after, Some(1));
+        assert_eq!(b.finish_reason.as_deref(), Some("SAFETY"));
         assert_eq!(b.chunks, Some(2));
         assert_eq!(b.latency_ms, Some(5));
         assert!(b.malformed);
@@ -218,6 +273,10 @@ mod tests {
             cut_after: Some(1),
             retry_after: Some("3".into()),
             echo_key: true,
+            stream_error_after: Some(2),
+            cache_read_tokens: Some(7),
+            finish_reason: Some("SAFETY".into()),
+            thoughts_tokens: Some(9),
             ..Behavior::default()
         };
         assert_eq!(Behavior::from_json(&b.to_json()).unwrap(), b);

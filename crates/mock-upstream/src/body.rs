@@ -77,6 +77,13 @@ pub enum Stop {
 }
 
 impl Stop {
+    /// The number of content chunks sent before the stop.
+    pub fn after(self) -> usize {
+        match self {
+            Stop::Cut(n) | Stop::Stall(n) => n,
+        }
+    }
+
     /// The early stop requested by `behavior` (the earlier one wins; a cut wins a tie).
     pub fn from_behavior(behavior: &Behavior) -> Option<Stop> {
         match (behavior.cut_after, behavior.stall_after) {
@@ -101,13 +108,27 @@ pub struct SsePlan {
     pub delay: Duration,
     /// Early end of the stream.
     pub stop: Option<Stop>,
+    /// The protocol's in-stream error event, sent instead of the rest of the stream when the
+    /// behaviour asks for `stream_error_after`.
+    pub error_event: Option<Bytes>,
 }
 
 impl SsePlan {
-    /// Sets `delay` and `stop` from a behaviour.
+    /// Sets `delay` and `stop` from a behaviour, and replaces the end of the stream by the error
+    /// event when it asks for `stream_error_after` (a cut or stall at the same chunk or earlier
+    /// wins).
     pub fn with_behavior(mut self, behavior: &Behavior) -> SsePlan {
         self.delay = Duration::from_millis(behavior.chunk_delay_ms.unwrap_or(0));
         self.stop = Stop::from_behavior(behavior);
+        if let (Some(n), Some(error)) = (behavior.stream_error_after, self.error_event.take()) {
+            if self.stop.is_none_or(|stop| stop.after() > n) {
+                let n = n.min(self.content_len);
+                self.events.truncate(self.content_start + n);
+                self.events.push(error);
+                self.content_len = n;
+                self.stop = None;
+            }
+        }
         self
     }
 }
@@ -139,9 +160,7 @@ impl SseBody {
         let content_start = plan.content_start.min(plan.events.len());
         let content_end = (content_start + plan.content_len).min(plan.events.len());
         let stop = plan.stop.map(|stop| {
-            let n = match stop {
-                Stop::Cut(n) | Stop::Stall(n) => n,
-            };
+            let n = stop.after();
             (content_start + n.min(content_end - content_start), stop)
         });
         SseBody {
@@ -232,6 +251,11 @@ impl Drop for SseBody {
 /// Frames a JSON value as one `data: <json>\n\n` event.
 pub fn sse_data(value: &serde_json::Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
+}
+
+/// Frames a JSON value as one `event: <name>\ndata: <json>\n\n` event.
+pub fn sse_named(name: &str, value: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {value}\n\n"))
 }
 
 /// The OpenAI end-of-stream event.

@@ -1,20 +1,28 @@
-//! `mock-upstream`: a fast mock of LLM provider HTTP APIs (OpenAI-compatible for now) with
-//! fault injection, for benchmarks and black-box tests of the Shepherd gateway.
+//! `mock-upstream`: a fast mock of LLM provider HTTP APIs (OpenAI-compatible, Anthropic Messages
+//! and Gemini generateContent) with fault injection, for benchmarks and black-box tests of the
+//! Shepherd gateway.
 //!
 //! The server is plain hyper (HTTP/1.1 and h2c on the same port), does no per-request logging,
 //! and keeps only a cheap in-memory record of the requests it received.
 //!
-//! * Protocol routes live in their own modules (`openai` today); each one builds complete
-//!   bodies or an SSE plan (the list of events) that the shared streaming body replays.
+//! * Protocol routes live in their own modules (`openai`, `anthropic`, `gemini`; dispatch in
+//!   `route`); each one builds complete bodies or an SSE plan (the list of events) that the
+//!   shared streaming body replays. Errors, injected or not, take the shape of the protocol of
+//!   the route.
 //! * Fault injection ([`Behavior`]) comes from a server-wide default, overridden per request by
 //!   `x-mock-*` headers.
 //! * Control routes under `/_mock` (`POST /_mock/behavior`, `POST /_mock/reset`,
 //!   `GET /_mock/requests`, `GET /_mock/stats`, `GET /_mock/behavior`) are not recorded.
 
+mod anthropic;
 pub mod behavior;
 mod body;
+mod common;
+mod control;
+mod gemini;
 mod openai;
 mod record;
+mod route;
 
 use std::convert::Infallible;
 use std::io;
@@ -23,13 +31,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use hyper::http::request::Parts;
 use hyper::service::service_fn;
-use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde_json::Value;
@@ -41,8 +47,8 @@ pub use openai::MODELS;
 pub use record::{RecordedRequest, Stats};
 
 use body::{MockBody, SseBody, SsePlan};
-use openai::ApiError;
 use record::Counters;
+use route::Protocol;
 
 /// The shared state of a mock server: recorded requests, counters and the default behaviour.
 #[derive(Debug)]
@@ -212,13 +218,13 @@ async fn handle(
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
-            let err = ApiError::invalid(format!("could not read the request body: {e}"), None);
-            return Ok(err.into_response());
+            let protocol = Protocol::of(parts.uri.path());
+            return Ok(protocol.invalid(format!("could not read the request body: {e}")));
         }
     };
     let path = parts.uri.path();
     if path == "/_mock" || path.starts_with("/_mock/") {
-        return Ok(control(&state, &parts.method, path, &body));
+        return Ok(control::control(&state, &parts.method, path, &body));
     }
 
     state.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -228,12 +234,12 @@ async fn handle(
     }
     let behavior = match state.default_behavior().with_headers(&parts.headers) {
         Ok(b) => b,
-        Err(message) => return Ok(ApiError::invalid(message, None).into_response()),
+        Err(message) => return Ok(Protocol::of(parts.uri.path()).invalid(message)),
     };
     if let Some(ms) = behavior.latency_ms.filter(|ms| *ms > 0) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let mut resp = respond(&state, &parts, &body, &behavior);
+    let mut resp = route::respond(&state, &parts, &body, &behavior);
     if let Some(value) = behavior
         .retry_after
         .as_deref()
@@ -242,76 +248,6 @@ async fn handle(
         resp.headers_mut().insert(RETRY_AFTER, value);
     }
     Ok(resp)
-}
-
-fn respond(
-    state: &Arc<State>,
-    parts: &Parts,
-    body: &Bytes,
-    behavior: &Behavior,
-) -> Response<MockBody> {
-    if let Some(status) = behavior.error_status() {
-        return match &behavior.body {
-            Some(raw) => raw_response(status, raw),
-            None => {
-                let key = behavior.echo_key.then(|| upstream_key(&parts.headers));
-                ApiError::injected(status, key.as_deref()).into_response()
-            }
-        };
-    }
-    if let Some(raw) = &behavior.body {
-        return raw_response(behavior.status.unwrap_or(200), raw);
-    }
-    if behavior.malformed {
-        return openai::malformed(state, body);
-    }
-    let ctx = openai::Ctx { state, behavior };
-    let full_path = parts.uri.path();
-    let path = strip_version(full_path);
-    let mut resp = openai::route(&ctx, &parts.method, path, body)
-        .unwrap_or_else(|| ApiError::not_found(&parts.method, full_path).into_response());
-    if let Some(status) = behavior.status.and_then(|s| StatusCode::from_u16(s).ok()) {
-        if resp.status().is_success() {
-            *resp.status_mut() = status;
-        }
-    }
-    resp
-}
-
-/// `/v1/chat/completions` -> `/chat/completions`; paths without `/v1` are kept.
-fn strip_version(path: &str) -> &str {
-    match path.strip_prefix("/v1") {
-        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
-        _ => path,
-    }
-}
-
-/// The API key the client sent: a bearer token, or one of the provider-specific key headers.
-fn upstream_key(headers: &HeaderMap) -> String {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
-    };
-    if let Some(auth) = header("authorization") {
-        let token = match auth.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => auth.as_str(),
-        };
-        return token.to_owned();
-    }
-    ["api-key", "x-api-key", "x-goog-api-key"]
-        .into_iter()
-        .find_map(header)
-        .unwrap_or_default()
-}
-
-fn raw_response(status: u16, body: &str) -> Response<MockBody> {
-    let mut resp = Response::new(MockBody::full(body.to_owned()));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
 }
 
 /// A complete JSON answer.
@@ -335,65 +271,4 @@ pub(crate) fn sse_response(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
-}
-
-/// The control API under `/_mock`.
-fn control(state: &State, method: &Method, path: &str, body: &Bytes) -> Response<MockBody> {
-    match (method.as_str(), path) {
-        ("POST", "/_mock/behavior") => {
-            let value = if body.iter().all(u8::is_ascii_whitespace) {
-                Value::Object(serde_json::Map::new())
-            } else {
-                match serde_json::from_slice(body) {
-                    Ok(v) => v,
-                    Err(e) => return ApiError::bad_json(&e).into_response(),
-                }
-            };
-            match Behavior::from_json(&value) {
-                Ok(behavior) => {
-                    let json = behavior.to_json();
-                    state.set_behavior(behavior);
-                    json_response(StatusCode::OK, &json)
-                }
-                Err(message) => ApiError::invalid(message, None).into_response(),
-            }
-        }
-        ("GET", "/_mock/behavior") => json_response(StatusCode::OK, &state.behavior().to_json()),
-        ("POST", "/_mock/reset") => {
-            state.reset();
-            json_response(StatusCode::OK, &serde_json::json!({"ok": true}))
-        }
-        ("GET", "/_mock/requests") => {
-            let list: Vec<Value> = lock(&state.requests)
-                .iter()
-                .map(RecordedRequest::to_json)
-                .collect();
-            json_response(StatusCode::OK, &Value::Array(list))
-        }
-        ("GET", "/_mock/stats") => json_response(StatusCode::OK, &state.stats().to_json()),
-        _ => ApiError::not_found(method, path).into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn version_prefix_is_optional() {
-        assert_eq!(strip_version("/v1/chat/completions"), "/chat/completions");
-        assert_eq!(strip_version("/chat/completions"), "/chat/completions");
-        assert_eq!(strip_version("/v1beta/models"), "/v1beta/models");
-    }
-
-    #[test]
-    fn key_comes_from_bearer_or_key_headers() {
-        let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_static("Bearer sk-123"));
-        assert_eq!(upstream_key(&h), "sk-123");
-        let mut h = HeaderMap::new();
-        h.insert("x-api-key", HeaderValue::from_static("ant-1"));
-        assert_eq!(upstream_key(&h), "ant-1");
-        assert_eq!(upstream_key(&HeaderMap::new()), "");
-    }
 }

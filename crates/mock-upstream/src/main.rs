@@ -9,7 +9,7 @@ use clap::Parser;
 use mock_upstream::{State, serve};
 use tokio::net::TcpListener;
 
-/// A fast mock of OpenAI-compatible APIs with fault injection.
+/// A fast mock of the OpenAI, Anthropic Messages and Gemini APIs with fault injection.
 #[derive(Debug, Parser)]
 #[command(name = "mock-upstream", version, about)]
 struct Args {

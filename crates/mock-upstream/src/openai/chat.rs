@@ -6,15 +6,17 @@ use hyper::{Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::{
-    ApiError, Ctx, DEFAULT_CHUNKS, FINGERPRINT, StreamHead, include_usage, is_stream, parse_object,
-    reply_words, required_model, spread_words, unix_now, usage,
+    ApiError, Ctx, FINGERPRINT, StreamHead, include_usage, is_stream, parse_object, required_model,
+    stream_error_event, unix_now, usage,
 };
 use crate::body::{MockBody, SSE_DONE, SsePlan};
+use crate::common::{
+    DEFAULT_CHUNKS, TOOL_ARGUMENTS, TOOL_COMPLETION_TOKENS, reply_words, split_ascii, spread_words,
+    wants_tool,
+};
 use crate::{json_response, sse_response};
 
 const TOOL_CALL_ID: &str = "call_mock_1";
-const TOOL_ARGUMENTS: &str = r#"{"location":"Paris"}"#;
-const TOOL_COMPLETION_TOKENS: u64 = 12;
 
 /// Calls `f` on every text of a message content: the string itself, or the `text` of each part
 /// of an array content.
@@ -49,15 +51,6 @@ fn content_text(content: Option<&Value>) -> String {
     out
 }
 
-/// Splits `s` (ASCII) into `pieces` non-empty parts (fewer if `s` is shorter).
-fn split_ascii(s: &str, pieces: usize) -> Vec<&str> {
-    let pieces = pieces.clamp(1, s.len().max(1));
-    let n = s.len();
-    (0..pieces)
-        .filter_map(|i| s.get(i * n / pieces..(i + 1) * n / pieces))
-        .collect()
-}
-
 fn chat_delta(delta: Value, finish_reason: Option<&str>) -> Value {
     json!([{
         "index": 0,
@@ -72,7 +65,7 @@ fn chat_delta(delta: Value, finish_reason: Option<&str>) -> Value {
 fn tool_to_call<'a>(req: &'a Map<String, Value>, last_text: &str) -> Option<&'a str> {
     let tools = req.get("tools")?.as_array()?;
     let first = tools.first()?;
-    if !last_text.to_ascii_lowercase().contains("weather") {
+    if !wants_tool(last_text) {
         return None;
     }
     Some(
@@ -132,6 +125,11 @@ pub(super) fn chat(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBody>, Ap
                 )
             }
         };
+        let finish_reason = ctx
+            .behavior
+            .finish_reason
+            .as_deref()
+            .unwrap_or(finish_reason);
         let resp = json!({
             "id": id,
             "object": "chat.completion",
@@ -144,7 +142,7 @@ pub(super) fn chat(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBody>, Ap
                 "logprobs": null,
                 "finish_reason": finish_reason,
             }],
-            "usage": usage(prompt_tokens, completion_tokens),
+            "usage": usage(prompt_tokens, completion_tokens, ctx.behavior),
             "x_mock_extra": {"kept": true},
         });
         return Ok(json_response(StatusCode::OK, &resp));
@@ -194,30 +192,23 @@ pub(super) fn chat(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBody>, Ap
         }
     };
     let content_len = events.len() - 1;
+    let finish_reason = ctx
+        .behavior
+        .finish_reason
+        .as_deref()
+        .unwrap_or(finish_reason);
     events.push(head.event(chat_delta(json!({}), Some(finish_reason))));
     if head.include_usage {
-        events.push(head.usage_event(usage(prompt_tokens, completion_tokens)));
+        events.push(head.usage_event(usage(prompt_tokens, completion_tokens, ctx.behavior)));
     }
     events.push(Bytes::from_static(SSE_DONE));
     let plan = SsePlan {
         events,
         content_start: 1,
         content_len,
+        error_event: Some(stream_error_event()),
         ..SsePlan::default()
     }
     .with_behavior(ctx.behavior);
     Ok(sse_response(StatusCode::OK, plan, ctx.state))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arguments_split_in_pieces() {
-        let parts = split_ascii(TOOL_ARGUMENTS, 2);
-        assert_eq!(parts.len(), 2);
-        assert_eq!(parts.concat(), TOOL_ARGUMENTS);
-        assert_eq!(split_ascii(TOOL_ARGUMENTS, 1000).concat(), TOOL_ARGUMENTS);
-    }
 }

@@ -5,10 +5,11 @@ use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::{
-    ApiError, Ctx, DEFAULT_CHUNKS, FINGERPRINT, StreamHead, include_usage, is_stream, parse_object,
-    reply_words, required_model, spread_words, unix_now, usage,
+    ApiError, Ctx, FINGERPRINT, StreamHead, include_usage, is_stream, parse_object, required_model,
+    stream_error_event, unix_now, usage,
 };
 use crate::body::{MockBody, SSE_DONE, SsePlan};
+use crate::common::{DEFAULT_CHUNKS, reply_words, spread_words};
 use crate::{json_response, sse_response};
 
 /// The text to echo and the token count of a legacy `prompt`.
@@ -61,6 +62,7 @@ pub(super) fn completions(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBo
     let completion_tokens = words.len() as u64;
     let id = format!("cmpl-mock-{}", ctx.state.next_id());
     let created = unix_now();
+    let finish_reason = ctx.behavior.finish_reason.as_deref().unwrap_or("stop");
 
     if !is_stream(&req) {
         let resp = json!({
@@ -69,8 +71,8 @@ pub(super) fn completions(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBo
             "created": created,
             "model": model,
             "system_fingerprint": FINGERPRINT,
-            "choices": completion_choice(&words.join(" "), Some("stop")),
-            "usage": usage(prompt_tokens, completion_tokens),
+            "choices": completion_choice(&words.join(" "), Some(finish_reason)),
+            "usage": usage(prompt_tokens, completion_tokens, ctx.behavior),
         });
         return Ok(json_response(StatusCode::OK, &resp));
     }
@@ -86,15 +88,16 @@ pub(super) fn completions(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBo
     for piece in spread_words(&words, chunks) {
         events.push(head.event(completion_choice(&piece, None)));
     }
-    events.push(head.event(completion_choice("", Some("stop"))));
+    events.push(head.event(completion_choice("", Some(finish_reason))));
     if head.include_usage {
-        events.push(head.usage_event(usage(prompt_tokens, completion_tokens)));
+        events.push(head.usage_event(usage(prompt_tokens, completion_tokens, ctx.behavior)));
     }
     events.push(Bytes::from_static(SSE_DONE));
     let plan = SsePlan {
         events,
         content_start: 0,
         content_len: chunks,
+        error_event: Some(stream_error_event()),
         ..SsePlan::default()
     }
     .with_behavior(ctx.behavior);

@@ -8,7 +8,7 @@ use hyper::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::State;
-use crate::body::{MockBody, SSE_DONE, SsePlan};
+use crate::body::{MockBody, SSE_DONE, SsePlan, sse_data};
 use crate::{json_response, sse_response};
 
 const API_KEYS_URL: &str = "https://platform.openai.com/account/api-keys";
@@ -93,6 +93,18 @@ impl ApiError {
     pub(crate) fn into_response(self) -> Response<MockBody> {
         json_response(self.status, &self.to_json())
     }
+}
+
+/// The in-stream error event of `stream_error_after`: `data: {"error":{…}}`.
+pub(crate) fn stream_error_event() -> Bytes {
+    let err = ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: "The server had an error while processing your request.".to_owned(),
+        kind: "server_error",
+        param: None,
+        code: None,
+    };
+    sse_data(&err.to_json())
 }
 
 /// The answer of a `malformed` behaviour: truncated JSON, or for a stream a broken event.

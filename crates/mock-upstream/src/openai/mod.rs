@@ -1,6 +1,6 @@
-//! The OpenAI-compatible API in OpenAI's wire format: the route dispatch, the handler context and
-//! the helpers shared by the handlers. Answers are deterministic: replies echo the last message,
-//! token counts are whitespace-word counts, and embeddings are derived from a hash of the input.
+//! The OpenAI-compatible API in OpenAI's wire format: the route dispatch and the helpers shared by
+//! the handlers. Answers are deterministic: replies echo the last message, token counts are
+//! whitespace-word counts, and embeddings are derived from a hash of the input.
 
 mod chat;
 mod completions;
@@ -8,32 +8,23 @@ mod embeddings;
 mod errors;
 mod models;
 
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hyper::{Method, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
-use crate::State;
 use crate::behavior::Behavior;
 use crate::body::{MockBody, sse_data};
 use crate::json_response;
 
+use errors::stream_error_event;
 pub(crate) use errors::{ApiError, malformed};
 pub use models::MODELS;
 
 const FINGERPRINT: &str = "fp_mock";
-const DEFAULT_CHUNKS: usize = 4;
-const MAX_ECHO_CHARS: usize = 200;
-const REPLY_PREFIX: &str = "Mock reply to: ";
-const PAD_WORD: &str = "lorem";
 
-/// What a handler needs besides the request body.
-pub(crate) struct Ctx<'a> {
-    pub(crate) state: &'a Arc<State>,
-    pub(crate) behavior: &'a Behavior,
-}
+pub(crate) use crate::route::Ctx;
 
 /// Answers an OpenAI route, or `None` when `path` (with any `/v1` prefix already removed) is not
 /// one.
@@ -98,45 +89,22 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn usage(prompt: u64, completion: u64) -> Value {
-    json!({
+/// The usage object; a behaviour's `cache_read_tokens` adds that many cached prompt tokens.
+fn usage(prompt: u64, completion: u64, behavior: &Behavior) -> Value {
+    let cached = behavior.cache_read_tokens;
+    let prompt = prompt + cached.unwrap_or(0);
+    let mut usage = json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-    })
-}
-
-/// The words of the reply to `input`, padded with filler words up to `min_words`.
-fn reply_words(input: &str, min_words: usize) -> Vec<String> {
-    let truncated: String = input.chars().take(MAX_ECHO_CHARS).collect();
-    let mut words: Vec<String> = REPLY_PREFIX
-        .split_whitespace()
-        .chain(truncated.split_whitespace())
-        .map(str::to_owned)
-        .collect();
-    while words.len() < min_words {
-        words.push(PAD_WORD.to_owned());
+    });
+    if let (Some(cached), Value::Object(m)) = (cached, &mut usage) {
+        m.insert(
+            "prompt_tokens_details".to_owned(),
+            json!({"cached_tokens": cached}),
+        );
     }
-    words
-}
-
-/// Spreads `words` over exactly `pieces` stream chunks (words keep their separating spaces, so
-/// the concatenation of the pieces is `words.join(" ")`).
-fn spread_words(words: &[String], pieces: usize) -> Vec<String> {
-    let n = words.len();
-    (0..pieces)
-        .map(|i| {
-            let (start, end) = (i * n / pieces, (i + 1) * n / pieces);
-            let mut piece = String::new();
-            for (j, word) in words[start..end].iter().enumerate() {
-                if start + j > 0 {
-                    piece.push(' ');
-                }
-                piece.push_str(word);
-            }
-            piece
-        })
-        .collect()
+    usage
 }
 
 /// The common fields of the chunks of one stream.
@@ -176,24 +144,5 @@ impl StreamHead<'_> {
             "choices": [],
             "usage": usage,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn words_are_spread_and_padded() {
-        let words = reply_words("hi", 6);
-        assert_eq!(words.len(), 6);
-        let pieces = spread_words(&words, 6);
-        assert_eq!(pieces.concat(), words.join(" "));
-        assert!(pieces.iter().all(|p| !p.is_empty()));
-
-        let words = reply_words("a b c d e f g h", 3);
-        let pieces = spread_words(&words, 3);
-        assert_eq!(pieces.len(), 3);
-        assert_eq!(pieces.concat(), "Mock reply to: a b c d e f g h");
     }
 }
