@@ -37,7 +37,7 @@ pub fn answer(request: &UpstreamRequest<'_>) -> Result<UpstreamResponse, Upstrea
         Endpoint::Completions => format!(" and so the mock continues: {}", prompt_text(&body)),
     };
     let words: Vec<String> = split_words(&reply);
-    let prompt_tokens = count_words(&body.to_string()) as u64;
+    let prompt_tokens = prompt_tokens(&body);
     let completion_tokens = words.len() as u64;
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                        "total_tokens": prompt_tokens + completion_tokens});
@@ -171,6 +171,24 @@ fn split_words(text: &str) -> Vec<String> {
         words.push(current);
     }
     words
+}
+
+/// Words of every message (or of the prompt), plus 4 per message for the chat framing.
+fn prompt_tokens(body: &Value) -> u64 {
+    let words = |content: &Value| match content {
+        Value::String(text) => text.split_whitespace().count(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|part| part["text"].as_str())
+            .map(|text| text.split_whitespace().count())
+            .sum(),
+        _ => 0,
+    };
+    let count = match body["messages"].as_array() {
+        Some(messages) => messages.iter().map(|m| words(&m["content"]) + 4).sum(),
+        None => prompt_text(body).split_whitespace().count(),
+    };
+    count.max(1) as u64
 }
 
 fn count_words(text: &str) -> usize {

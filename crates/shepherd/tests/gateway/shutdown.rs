@@ -59,7 +59,7 @@ async fn sigterm_drains_in_flight_streams_and_refuses_new_work() {
     );
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
     let stdout = child.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = lines_tx.send(line);
         }
@@ -116,6 +116,11 @@ async fn sigterm_drains_in_flight_streams_and_refuses_new_work() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
+    // The last lines are written at exit; wait until the pipe is drained to its end.
+    tokio::task::spawn_blocking(move || reader.join())
+        .await
+        .unwrap()
+        .unwrap();
     let mut access_lines = Vec::new();
     while let Ok(line) = lines.try_recv() {
         access_lines.push(line);
