@@ -192,22 +192,9 @@ def url(target: str, path: str = "/v1/chat/completions") -> str:
 
 # ---------------------------------------------------------------- load generators
 
-def oha(target: str, *args: str) -> dict:
-    command = ["taskset", "-c", CORE_LOAD, "oha", "--no-tui", "--output-format", "json",
-               "-m", "POST", "-H", "content-type: application/json", "-H", f"authorization: Bearer {KEY}",
-               "-d", CHAT_BODY, *args, url(target)]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    report = json.loads(out)
-    statuses = report.get("statusCodeDistribution") or {}
-    ok = statuses.get("200", 0)
-    errors = sum(v for k, v in statuses.items() if k != "200") + sum((report.get("errorDistribution") or {}).values())
-    lat = report["latencyPercentiles"]
-    return {
-        "requests": ok + errors, "ok": ok, "errors": errors,
-        "rps": report["summary"]["requestsPerSec"],
-        "p50_us": (lat.get("p50") or 0) * 1e6, "p99_us": (lat.get("p99") or 0) * 1e6,
-        "max_us": (report["summary"].get("slowest") or 0) * 1e6,
-    }
+def http(target: str, *args: str) -> dict:
+    """Plain chat completions through `loadgen http` (closed loop, or open loop with --rate)."""
+    return loadgen("http", "--url", url(target), "--key", KEY, "--body", CHAT_BODY, *args)
 
 
 def loadgen(*args: str) -> dict:
@@ -243,12 +230,12 @@ def measured(servers: Servers, target: str, run) -> dict:
 
 
 def scenarios(args) -> dict:
-    seconds = str(args.seconds) + "s"
+    seconds = str(args.seconds)
     return {
-        "c1": lambda t: oha(t, "-n", str(args.c1_requests), "-c", "1"),
-        "c64": lambda t: oha(t, "-z", seconds, "-c", "64"),
-        "open2000": lambda t: oha(t, "-z", seconds, "-c", "64", "-q", "2000", "--latency-correction"),
-        "open5000": lambda t: oha(t, "-z", seconds, "-c", "128", "-q", "5000", "--latency-correction"),
+        "c1": lambda t: http(t, "--concurrency", "1", "--requests", str(args.c1_requests)),
+        "c64": lambda t: http(t, "--concurrency", "64", "--seconds", seconds),
+        "open2000": lambda t: http(t, "--rate", "2000", "--concurrency", "256", "--seconds", seconds),
+        "open5000": lambda t: http(t, "--rate", "5000", "--concurrency", "512", "--seconds", seconds),
         # 8 paced streams at a time for twice the usual duration: ~240 streams per run, enough
         # for a time-to-first-chunk p99 that is not just the slowest stream.
         "stream": lambda t: loadgen("stream", "--url", url(t), "--key", KEY, "--concurrency", "8",
@@ -296,9 +283,9 @@ def cold_start(servers: Servers, target: str, tries: int) -> dict:
 def soak(servers: Servers, minutes: float) -> dict:
     """Open-loop load on Shepherd for `minutes`, sampling its RSS every 10 s."""
     pid = servers.pid("shepherd")
-    load = subprocess.Popen(["taskset", "-c", CORE_LOAD, "oha", "--no-tui", "--output-format", "quiet", "-m", "POST",
-                             "-H", "content-type: application/json", "-H", f"authorization: Bearer {KEY}",
-                             "-d", CHAT_BODY, "-z", f"{int(minutes * 60)}s", "-c", "64", "-q", "1000", url("shepherd")],
+    load = subprocess.Popen(["taskset", "-c", CORE_LOAD, str(RELEASE / "loadgen"), "http", "--url", url("shepherd"),
+                             "--key", KEY, "--body", CHAT_BODY, "--rate", "1000", "--concurrency", "256",
+                             "--seconds", str(minutes * 60)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples = []
     started = time.time()

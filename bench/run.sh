@@ -1,17 +1,14 @@
 #!/usr/bin/env bash
-# Shepherd's benchmark, one command: builds release binaries, installs nginx and oha when
-# missing, and runs direct / nginx / Shepherd with the same load (see bench/bench.py and
-# docs/performance.md). Options pass through, e.g. `bench/run.sh --rounds 1 --soak 10`.
+# Shepherd's benchmark, one command: builds release binaries (Shepherd, mock-upstream and the
+# load generator bench/loadgen), installs nginx when missing, and runs direct / nginx / Shepherd
+# with the same load (see bench/bench.py and docs/performance.md). Options pass through, e.g.
+# `bench/run.sh --rounds 1 --soak 10`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   echo "== installing nginx"
   apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null
-fi
-if ! command -v oha >/dev/null 2>&1; then
-  echo "== installing oha (cargo install, a few minutes once)"
-  cargo install oha --locked --quiet
 fi
 if [ "$(nproc)" -lt 2 ]; then
   echo "the bench needs 2 cores (proxy on one, load on the other)" >&2

@@ -1,7 +1,8 @@
-//! `loadgen`: the scenarios of `bench/run.sh` that `oha` cannot measure: streams (time to first
-//! chunk, delay of each chunk beyond the upstream's pacing), many held connections, cold start.
-//! Every subcommand prints one JSON object on stdout.
+//! `loadgen`: the load side of `bench/run.sh`: plain requests (closed loop, or open loop at a fixed
+//! rate), streams (time to first chunk, delay of each chunk beyond the upstream's pacing), many
+//! held connections, cold start. Every subcommand prints one JSON object on stdout.
 
+mod http_load;
 mod stats;
 
 use std::io::Write;
@@ -24,6 +25,27 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Plain POST requests: closed loop with `concurrency` connections, or open loop at `rate`.
+    Http {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "")]
+        key: String,
+        #[arg(long)]
+        body: String,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Stop after this many seconds (closed and open loop).
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Closed loop: stop after this many requests instead (0: by time).
+        #[arg(long, default_value_t = 0)]
+        requests: u64,
+        /// Open loop: requests per second, started on schedule whatever the answers do;
+        /// latency counts from the scheduled start (no coordinated omission).
+        #[arg(long)]
+        rate: Option<f64>,
+    },
     /// Paced streams: `concurrency` workers each run streams back to back for `seconds`.
     Stream {
         #[arg(long)]
@@ -79,6 +101,29 @@ fn client(pool: usize) -> Result<reqwest::Client, reqwest::Error> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
+        Cmd::Http {
+            url,
+            key,
+            body,
+            concurrency,
+            seconds,
+            requests,
+            rate,
+        } => {
+            let client = client(concurrency.max(64))?;
+            let plan = http_load::Plan {
+                url,
+                key,
+                body,
+                duration: Duration::from_secs_f64(seconds),
+                requests,
+            };
+            let report = match rate {
+                Some(rate) => http_load::open_loop(client, plan, rate, concurrency).await,
+                None => http_load::closed_loop(client, plan, concurrency).await,
+            };
+            emit(&report);
+        }
         Cmd::Stream {
             url,
             key,
