@@ -47,6 +47,8 @@ server:
   timeouts: {{connect: 2s, first_byte: {first_byte}s, idle: 5s, total: 60s}}
 providers:
   up: {{kind: openai, base_url: '{upstream}', api_keys: ['{upstream_key}']}}
+  anth: {{kind: anthropic, base_url: '{upstream_root}', api_keys: ['{upstream_key}']}}
+  gem: {{kind: gemini, base_url: '{upstream_root}', api_keys: ['{upstream_key}']}}
   builtin: {{kind: mock}}
 models:
   gpt-4.1:
@@ -55,6 +57,10 @@ models:
     deployments: [{{provider: up}}]
   local-mock:
     deployments: [{{provider: builtin, model: mock-1}}]
+  claude-x:
+    deployments: [{{provider: anth, model: claude-sonnet-4-5}}]
+  gemini-x:
+    deployments: [{{provider: gem, model: gemini-2.5-flash}}]
 keys:
   - {{name: sdk-tests, key: {client_key}}}
   - {{name: limited, key: {limited_key}, models: ['local-*']}}
@@ -211,6 +217,7 @@ def gateway(mock_upstream: MockUpstream, tmp_path_factory) -> Iterator[Gateway]:
     config.write_text(
         CONFIG_TEMPLATE.format(
             upstream=mock_upstream.v1,
+            upstream_root=mock_upstream.url,
             upstream_key=UPSTREAM_KEY,
             client_key=CLIENT_KEY,
             limited_key=LIMITED_KEY,

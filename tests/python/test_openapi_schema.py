@@ -37,8 +37,11 @@ WEATHER_TOOL = {
     },
 }
 
-# Chat models to check: the pass-through one and the built-in mock provider.
-CHAT_MODELS = ["gpt-4.1", "local-mock"]
+# Chat models to check: the pass-through one, the built-in mock provider, and the models whose
+# answers Shepherd translates (Anthropic and Gemini upstreams).
+CHAT_MODELS = ["gpt-4.1", "local-mock", "claude-x", "gemini-x"]
+# Models whose upstream calls tools (the mock-upstream routes).
+TOOL_MODELS = ["gpt-4.1", "claude-x", "gemini-x"]
 
 COMPLETION_STREAM_CHUNK = "_ShepherdTests_CompletionStreamChunk"
 
@@ -158,8 +161,9 @@ def test_chat_stream_chunks(http, schema, model, include_usage):
     assert text
 
 
-def test_chat_tool_call_response(http, schema):
-    r = http.post(CHAT, json=_chat("gpt-4.1", "weather in Paris?", tools=[WEATHER_TOOL]))
+@pytest.mark.parametrize("model", TOOL_MODELS)
+def test_chat_tool_call_response(http, schema, model):
+    r = http.post(CHAT, json=_chat(model, "weather in Paris?", tools=[WEATHER_TOOL]))
     assert r.status_code == 200, r.text
     body = r.json()
     schema(body, "CreateChatCompletionResponse", "tool-call response")
@@ -167,8 +171,9 @@ def test_chat_tool_call_response(http, schema):
 
 
 @pytest.mark.parametrize("include_usage", [False, True], ids=["no-usage", "usage"])
-def test_chat_tool_call_stream_chunks(http, schema, include_usage):
-    body = _chat("gpt-4.1", "weather in Paris?", tools=[WEATHER_TOOL], stream=True)
+@pytest.mark.parametrize("model", TOOL_MODELS)
+def test_chat_tool_call_stream_chunks(http, schema, model, include_usage):
+    body = _chat(model, "weather in Paris?", tools=[WEATHER_TOOL], stream=True)
     if include_usage:
         body["stream_options"] = {"include_usage": True}
     stream = sse_post(http, CHAT, body)
@@ -182,11 +187,12 @@ def test_chat_tool_call_stream_chunks(http, schema, include_usage):
     assert json.loads(args) == {"location": "Paris"}
 
 
-def test_chat_cut_stream_error_event(http, schema):
+@pytest.mark.parametrize("model", TOOL_MODELS)
+def test_chat_cut_stream_error_event(http, schema, model):
     stream = sse_post(
         http,
         CHAT,
-        _chat("gpt-4.1", stream=True),
+        _chat(model, stream=True),
         headers={"x-mock-cut-after": "2", "x-mock-chunks": "6"},
     )
     assert stream.status_code == 200
@@ -307,7 +313,7 @@ def test_embeddings_base64(http, schema):
 @pytest.mark.parametrize(
     "key,expected",
     [
-        (CLIENT_KEY, {"gpt-4.1", "text-embedding-3-small", "local-mock"}),
+        (CLIENT_KEY, {"gpt-4.1", "text-embedding-3-small", "local-mock", "claude-x", "gemini-x"}),
         (LIMITED_KEY, {"local-mock"}),
     ],
     ids=["full-key", "limited-key"],
@@ -390,3 +396,10 @@ def test_error_504_first_byte_timeout(http, schema):
 def test_error_upstream_status_passthrough(http, schema):
     r = http.post(CHAT, json=_chat("gpt-4.1"), headers={"x-mock-status": "500"})
     _valid_error(schema, r, 500, "upstream 500")
+
+
+@pytest.mark.parametrize("model", ["claude-x", "gemini-x"])
+@pytest.mark.parametrize("status,expected", [(400, 400), (429, 429), (500, 500), (529, 503)])
+def test_error_translated_upstream_status(http, schema, model, status, expected):
+    r = http.post(CHAT, json=_chat(model), headers={"x-mock-status": str(status)})
+    _valid_error(schema, r, expected, f"{model} upstream {status}")

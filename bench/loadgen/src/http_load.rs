@@ -28,7 +28,8 @@ struct Tally {
 
 impl Tally {
     fn record(&mut self, started: Instant, outcome: Result<bool, reqwest::Error>) {
-        self.latencies_us.push(started.elapsed().as_secs_f64() * 1e6);
+        self.latencies_us
+            .push(started.elapsed().as_secs_f64() * 1e6);
         match outcome {
             Ok(true) => self.ok += 1,
             _ => self.errors += 1,
@@ -61,7 +62,11 @@ fn report(tally: &Tally, elapsed: Duration) -> serde_json::Value {
     })
 }
 
-pub async fn closed_loop(client: reqwest::Client, plan: Plan, concurrency: usize) -> serde_json::Value {
+pub async fn closed_loop(
+    client: reqwest::Client,
+    plan: Plan,
+    concurrency: usize,
+) -> serde_json::Value {
     let plan = Arc::new(plan);
     let tally = Arc::new(Mutex::new(Tally::default()));
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -69,7 +74,8 @@ pub async fn closed_loop(client: reqwest::Client, plan: Plan, concurrency: usize
     let deadline = started + plan.duration;
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        let (client, plan, tally, sent) = (client.clone(), plan.clone(), tally.clone(), sent.clone());
+        let (client, plan, tally, sent) =
+            (client.clone(), plan.clone(), tally.clone(), sent.clone());
         workers.push(tokio::spawn(async move {
             let mut local = Tally::default();
             loop {
@@ -98,7 +104,12 @@ pub async fn closed_loop(client: reqwest::Client, plan: Plan, concurrency: usize
     report(&tally, elapsed)
 }
 
-pub async fn open_loop(client: reqwest::Client, plan: Plan, rate: f64, max_in_flight: usize) -> serde_json::Value {
+pub async fn open_loop(
+    client: reqwest::Client,
+    plan: Plan,
+    rate: f64,
+    max_in_flight: usize,
+) -> serde_json::Value {
     let plan = Arc::new(plan);
     let tally = Arc::new(Mutex::new(Tally::default()));
     let in_flight = Arc::new(Semaphore::new(max_in_flight.max(1)));
@@ -109,7 +120,12 @@ pub async fn open_loop(client: reqwest::Client, plan: Plan, rate: f64, max_in_fl
     for n in 0..total {
         let scheduled = started + interval.mul_f64(n as f64);
         tokio::time::sleep_until(scheduled.into()).await;
-        let (client, plan, tally, in_flight) = (client.clone(), plan.clone(), tally.clone(), in_flight.clone());
+        let (client, plan, tally, in_flight) = (
+            client.clone(),
+            plan.clone(),
+            tally.clone(),
+            in_flight.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             // Past `max_in_flight` requests, the wait for a slot counts as latency too.
             let outcome = match in_flight.acquire().await {

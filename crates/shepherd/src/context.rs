@@ -8,6 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::translate::ir::{Usage, UsageSource};
+
 /// How a request ended, for the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -43,6 +45,7 @@ struct Fields {
     error: Option<&'static str>,
     body_done: bool,
     stream_failed: bool,
+    usage: Option<(Usage, UsageSource)>,
 }
 
 #[derive(Debug)]
@@ -125,6 +128,15 @@ impl RequestContext {
             f.error = Some(code);
         });
     }
+    /// The request's token counts, reported by the upstream or estimated.
+    pub fn set_usage(&self, usage: Usage, source: UsageSource) {
+        self.update(|f| f.usage = Some((usage, source)));
+    }
+    pub fn usage(&self) -> Option<(Usage, UsageSource)> {
+        let mut usage = None;
+        self.update(|f| usage = f.usage);
+        usage
+    }
     pub fn add_bytes_out(&self, bytes: usize) {
         self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
     }
@@ -172,6 +184,15 @@ impl Drop for RequestContext {
             total_ms: millis(Some(self.started.elapsed())).unwrap_or_default(),
             outcome: outcome.as_str(),
             error: fields.error,
+            usage: fields
+                .usage
+                .map(|(usage, source)| crate::telemetry::access::TokenCounts {
+                    prompt_tokens: usage.input,
+                    completion_tokens: usage.output,
+                    cached_tokens: usage.cache_read,
+                    reasoning_tokens: usage.reasoning,
+                    usage: source.as_str(),
+                }),
         });
     }
 }

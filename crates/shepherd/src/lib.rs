@@ -10,4 +10,5 @@ pub mod routing;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod translate;
 pub mod wire;

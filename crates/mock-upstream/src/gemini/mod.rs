@@ -1,9 +1,11 @@
 //! The Gemini API (v1beta, also v1 and v1alpha) in Google's wire format:
 //! `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent` (`?alt=sse`: SSE;
-//! without it one JSON array streamed element by element) and `:countTokens`; Google-shaped
+//! without it one JSON array streamed element by element), `:countTokens` and
+//! `:batchEmbedContents`; Google-shaped
 //! errors (`{"error":{"code","message","status"}}`) and the broken answers of the `malformed`
 //! behaviour. Replies follow the same deterministic rules as the OpenAI side.
 
+mod embed;
 mod generate;
 mod request;
 
@@ -60,6 +62,7 @@ pub(crate) fn route(ctx: &Ctx<'_>, parts: &Parts, body: &Bytes) -> Option<Respon
         "generateContent" => generate::generate(ctx, model, body, Mode::Whole),
         "streamGenerateContent" => generate::generate(ctx, model, body, stream_mode(parts)),
         "countTokens" => generate::count_tokens(body),
+        "batchEmbedContents" => embed::batch(model, body),
         _ => return None,
     };
     Some(result.unwrap_or_else(ApiError::into_response))

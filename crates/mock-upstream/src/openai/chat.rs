@@ -12,7 +12,7 @@ use super::{
 use crate::body::{MockBody, SSE_DONE, SsePlan};
 use crate::common::{
     DEFAULT_CHUNKS, TOOL_ARGUMENTS, TOOL_COMPLETION_TOKENS, reply_words, split_ascii, spread_words,
-    wants_tool,
+    truncate_words, wants_tool,
 };
 use crate::{json_response, sse_response};
 
@@ -77,6 +77,36 @@ fn tool_to_call<'a>(req: &'a Map<String, Value>, last_text: &str) -> Option<&'a 
     )
 }
 
+/// `max_completion_tokens`, else the deprecated `max_tokens`.
+fn max_tokens(req: &Map<String, Value>) -> Result<Option<u64>, ApiError> {
+    for name in ["max_completion_tokens", "max_tokens"] {
+        match req.get(name) {
+            None | Some(Value::Null) => {}
+            Some(value) => match value.as_u64() {
+                Some(n) if n >= 1 => return Ok(Some(n)),
+                _ => {
+                    return Err(ApiError::invalid(
+                        format!("Invalid '{name}': expected an integer of at least 1."),
+                        Some(name),
+                    ));
+                }
+            },
+        }
+    }
+    Ok(None)
+}
+
+/// The words of a plain reply, truncated to `max_tokens`; the finish reason that goes with it.
+fn text_reply(last_text: &str, chunks: usize, max: Option<u64>) -> (Vec<String>, &'static str) {
+    let mut words = reply_words(last_text, chunks);
+    let reason = if truncate_words(&mut words, max) {
+        "length"
+    } else {
+        "stop"
+    };
+    (words, reason)
+}
+
 pub(super) fn chat(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBody>, ApiError> {
     let req = parse_object(body)?;
     let model = required_model(&req)?;
@@ -96,6 +126,7 @@ pub(super) fn chat(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBody>, Ap
         .map(|m| content_text(m.get("content")))
         .unwrap_or_default();
     let chunks = ctx.behavior.chunks.unwrap_or(DEFAULT_CHUNKS);
+    let max = max_tokens(&req)?;
     let id = format!("chatcmpl-mock-{}", ctx.state.next_id());
     let created = unix_now();
     let tool = tool_to_call(&req, &last_text);
@@ -117,10 +148,10 @@ pub(super) fn chat(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBody>, Ap
                 TOOL_COMPLETION_TOKENS,
             ),
             None => {
-                let words = reply_words(&last_text, chunks);
+                let (words, reason) = text_reply(&last_text, chunks, max);
                 (
                     json!({"role": "assistant", "content": words.join(" "), "refusal": null}),
-                    "stop",
+                    reason,
                     words.len() as u64,
                 )
             }
@@ -184,11 +215,11 @@ pub(super) fn chat(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBody>, Ap
                 json!({"role": "assistant", "content": ""}),
                 None,
             )));
-            let words = reply_words(&last_text, chunks);
-            for piece in spread_words(&words, chunks) {
+            let (words, reason) = text_reply(&last_text, chunks, max);
+            for piece in spread_words(&words, chunks.min(words.len()).max(1)) {
                 events.push(head.event(chat_delta(json!({"content": piece}), None)));
             }
-            ("stop", words.len() as u64)
+            (reason, words.len() as u64)
         }
     };
     let content_len = events.len() - 1;

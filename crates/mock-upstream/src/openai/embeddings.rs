@@ -67,6 +67,11 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The vector of a text input, as the OpenAI route gives it (shared with Gemini's embeddings).
+pub(crate) fn text_vector(text: &str, dimensions: usize) -> Vec<f32> {
+    embedding_vector(EmbeddingInput::Text(text).hash(), dimensions)
+}
+
 /// A deterministic unit-length vector derived from `seed`.
 fn embedding_vector(seed: u64, dimensions: usize) -> Vec<f32> {
     let mut state = seed;

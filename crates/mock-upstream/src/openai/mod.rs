@@ -4,7 +4,7 @@
 
 mod chat;
 mod completions;
-mod embeddings;
+pub(crate) mod embeddings;
 mod errors;
 mod models;
 

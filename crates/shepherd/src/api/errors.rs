@@ -1,9 +1,31 @@
 //! `ApiError`: every failure a client can see, with its status, a low-cardinality kind, and who is
-//! to blame; rendered in the caller's protocol (OpenAI's `{"error":{...}}` shape here).
+//! to blame; rendered in the caller's protocol: OpenAI's `{"error":{"message","type","param",
+//! "code"}}` or Anthropic's `{"type":"error","error":{"type","message"}}`.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+
+use crate::translate::errors::{ErrorKind, UpstreamFailure};
+
+/// The protocol a client speaks, which decides the shape of its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientProtocol {
+    #[default]
+    OpenAi,
+    Anthropic,
+}
+
+impl ClientProtocol {
+    /// The protocol of a route, for errors raised before a handler runs.
+    pub fn of_path(path: &str) -> ClientProtocol {
+        if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            ClientProtocol::Anthropic
+        } else {
+            ClientProtocol::OpenAi
+        }
+    }
+}
 
 /// Who caused a failure; decides retry and alerting later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +46,10 @@ pub struct ApiError {
     /// The request field at fault, when there is one.
     pub param: Option<String>,
     pub blame: Blame,
+    /// The protocol the error is rendered in.
+    pub protocol: ClientProtocol,
+    /// Extra response headers (`retry-after`, rate-limit headers).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -40,7 +66,128 @@ impl ApiError {
             message,
             param: None,
             blame,
+            protocol: ClientProtocol::OpenAi,
+            headers: Vec::new(),
         }
+    }
+
+    /// The same error, to be rendered in `protocol`.
+    pub fn in_protocol(mut self, protocol: ClientProtocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.retain(|(existing, _)| *existing != name);
+        self.headers.push((name, value));
+        self
+    }
+
+    /// An upstream's error, classified, as the client's protocol expects it (OpenAI and
+    /// Anthropic differ for billing and overload). The message must be redacted already.
+    pub fn from_upstream(failure: &UpstreamFailure, protocol: ClientProtocol) -> Self {
+        let message = format!("The upstream provider answered: {}", failure.message);
+        let anthropic = protocol == ClientProtocol::Anthropic;
+        let (status, kind, code) = match failure.kind {
+            ErrorKind::InvalidRequest => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                match failure.code.as_deref() {
+                    Some("context_length_exceeded") => "context_length_exceeded",
+                    _ => "upstream_invalid_request",
+                },
+            ),
+            ErrorKind::Authentication => (
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "upstream_auth_failed",
+            ),
+            ErrorKind::Billing if anthropic => (
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_quota",
+                "insufficient_quota",
+            ),
+            ErrorKind::Billing => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                "insufficient_quota",
+            ),
+            ErrorKind::Permission => (
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                "upstream_permission_denied",
+            ),
+            ErrorKind::NotFound => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+            ),
+            ErrorKind::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+            ),
+            ErrorKind::RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+            ),
+            ErrorKind::Server => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "upstream_error",
+            ),
+            ErrorKind::Overloaded if anthropic => (
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "overloaded_error",
+                "upstream_overloaded",
+            ),
+            ErrorKind::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable_error",
+                "upstream_overloaded",
+            ),
+            ErrorKind::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                "upstream_timeout",
+            ),
+        };
+        let mut error = Self::new(status, kind, code, message).in_protocol(protocol);
+        error.blame = Blame::Upstream;
+        if failure.kind == ErrorKind::Billing {
+            error = error.with_header(
+                HeaderName::from_static("x-should-retry"),
+                HeaderValue::from_static("false"),
+            );
+        }
+        error
+    }
+
+    /// A client request that cannot be translated for the upstream.
+    pub fn untranslatable(field: Option<&str>, message: &str) -> Self {
+        let error = Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            match field {
+                Some(field) => format!("Invalid value for '{field}': {message}"),
+                None => format!("Invalid request: {message}"),
+            },
+        );
+        match field {
+            Some(field) => error.with_param(field),
+            None => error,
+        }
+    }
+
+    pub fn unsupported(message: String) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "unsupported_for_provider",
+            message,
+        )
     }
 
     fn with_param(mut self, param: impl Into<String>) -> Self {
@@ -177,6 +324,28 @@ impl ApiError {
         .upstream()
     }
 
+    /// A stream that broke after it began (the message is the whole story).
+    pub fn upstream_stream_error(message: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "upstream_stream_error",
+            message.to_owned(),
+        )
+        .upstream()
+    }
+
+    /// A stream that stalled or ran out of time after it began.
+    pub fn upstream_stream_timeout(message: &str) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "upstream_timeout",
+            message.to_owned(),
+        )
+        .upstream()
+    }
+
     pub fn upstream_timeout(what: &str) -> Self {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -214,13 +383,45 @@ impl ApiError {
             "code": self.code,
         }})
     }
+
+    /// Anthropic's error type for this error.
+    pub fn anthropic_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            400 | 405 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            402 => "billing_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            409 => "conflict_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            504 => "timeout_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The error body in `protocol`'s shape.
+    pub fn body(&self, protocol: ClientProtocol) -> serde_json::Value {
+        match protocol {
+            ClientProtocol::OpenAi => self.openai_body(),
+            ClientProtocol::Anthropic => json!({
+                "type": "error",
+                "error": {"type": self.anthropic_type(), "message": self.message},
+            }),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = self.openai_body().to_string();
+        let body = self.body(self.protocol).to_string();
         let mut response = (self.status, body).into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        for (name, value) in &self.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
@@ -247,5 +448,60 @@ mod tests {
         );
         let body = ApiError::invalid_key().openai_body();
         assert!(body["error"]["param"].is_null());
+    }
+
+    #[test]
+    fn anthropic_shape() {
+        let error = ApiError::invalid_key().in_protocol(ClientProtocol::Anthropic);
+        let body = error.body(ClientProtocol::Anthropic);
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "authentication_error");
+        assert_eq!(body["error"].as_object().unwrap().len(), 2);
+        assert_eq!(
+            ClientProtocol::of_path("/v1/messages"),
+            ClientProtocol::Anthropic
+        );
+        assert_eq!(
+            ClientProtocol::of_path("/v1/models"),
+            ClientProtocol::OpenAi
+        );
+    }
+
+    #[test]
+    fn upstream_failures_per_protocol() {
+        let overloaded = UpstreamFailure {
+            kind: ErrorKind::Overloaded,
+            message: "busy".into(),
+            code: None,
+        };
+        let openai = ApiError::from_upstream(&overloaded, ClientProtocol::OpenAi);
+        assert_eq!(openai.status, 503);
+        assert_eq!(openai.kind, "service_unavailable_error");
+        let anthropic = ApiError::from_upstream(&overloaded, ClientProtocol::Anthropic);
+        assert_eq!(anthropic.status.as_u16(), 529);
+        assert_eq!(anthropic.anthropic_type(), "overloaded_error");
+        let billing = UpstreamFailure {
+            kind: ErrorKind::Billing,
+            message: "no".into(),
+            code: None,
+        };
+        assert_eq!(
+            ApiError::from_upstream(&billing, ClientProtocol::OpenAi).status,
+            429
+        );
+        let anthropic = ApiError::from_upstream(&billing, ClientProtocol::Anthropic);
+        assert_eq!(
+            (anthropic.status.as_u16(), anthropic.anthropic_type()),
+            (402, "billing_error")
+        );
+        let auth = UpstreamFailure {
+            kind: ErrorKind::Authentication,
+            message: "bad key".into(),
+            code: None,
+        };
+        assert_eq!(
+            ApiError::from_upstream(&auth, ClientProtocol::OpenAi).status,
+            502
+        );
     }
 }

@@ -1,9 +1,13 @@
 //! Client-facing handlers, one file per protocol, and what they share: authentication, body
-//! reading, the proxy path, stream relaying and errors in the caller's shape.
+//! reading, the proxy path (exchange planning, whole answers, stream relaying) and errors in the
+//! caller's shape.
 
+mod answer;
+pub mod anthropic;
 pub mod auth;
 mod body;
 pub mod errors;
+mod exchange;
 pub mod health;
 pub mod openai;
 mod proxy;

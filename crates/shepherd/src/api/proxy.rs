@@ -1,24 +1,30 @@
-//! The request path shared by the OpenAI-protocol routes: authenticate, read and check the body,
-//! pick a deployment, send upstream within the timeouts, and answer (streamed or whole).
+//! The request path shared by every client route: authenticate, read and check the body, pick a
+//! deployment, plan the exchange (pass-through or translation), send upstream within the
+//! timeouts, and answer (streamed or whole) in the client's protocol.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::time::{Instant, timeout_at};
 
-use super::errors::ApiError;
-use super::{body, relay};
+use super::errors::{ApiError, ClientProtocol};
+use super::exchange::{self, Conversion, Translation};
+use super::relay::{Mode, Relay, Settings, Translator, Watch};
+use super::{answer, body};
+use crate::config::Wire;
 use crate::context::RequestContext;
 use crate::providers::{
-    ConnectTimer, Endpoint, UpstreamBody, UpstreamError, UpstreamRequest, redact_secrets,
+    ConnectTimer, Endpoint, UpstreamBody, UpstreamError, UpstreamRequest,
     response_headers_to_client,
 };
 use crate::state::AppState;
+use crate::translate::stream::{Decoder, Encoder};
+use crate::translate::{anthropic, gemini, openai};
 use crate::wire::openai::RequestHead;
 
 /// Largest non-streamed upstream answer the gateway will hold.
@@ -26,7 +32,16 @@ const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 
 pub const DEPLOYMENT_HEADER: HeaderName = HeaderName::from_static("x-shepherd-deployment");
 
-/// Handles one request on an OpenAI-protocol route.
+impl Endpoint {
+    pub fn client_protocol(self) -> ClientProtocol {
+        match self {
+            Endpoint::Messages => ClientProtocol::Anthropic,
+            _ => ClientProtocol::OpenAi,
+        }
+    }
+}
+
+/// Handles one request on a client route.
 pub async fn proxy(
     state: &AppState,
     ctx: &Arc<RequestContext>,
@@ -34,6 +49,7 @@ pub async fn proxy(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let protocol = endpoint.client_protocol();
     let key = state.keys.authenticate(headers)?;
     ctx.set_key(key.name.clone());
     let server = &state.config.server;
@@ -53,14 +69,16 @@ pub async fn proxy(
         .pick(&head.model)
         .ok_or_else(|| ApiError::unknown_model(&head.model))?;
     ctx.set_deployment(deployment.name.clone());
+    let exchange = exchange::plan(endpoint, &head, &body, deployment, stream)?;
 
     let timeouts = server.timeouts;
     let deadline = Instant::from_std(ctx.started) + timeouts.total;
     let first_byte_deadline = deadline.min(Instant::now() + timeouts.first_byte);
     let timer = ConnectTimer::default();
     let request = UpstreamRequest {
-        endpoint,
-        body: head.rewrite_model(&body, &deployment.upstream_model),
+        operation: exchange.operation,
+        model: &deployment.upstream_model,
+        body: exchange.body.clone(),
         stream,
         client_headers: headers,
         request_id: &ctx.request_id,
@@ -90,28 +108,74 @@ pub async fn proxy(
         client_headers.insert(DEPLOYMENT_HEADER, name);
     }
     if upstream.status.is_success() && is_event_stream {
-        let first = relay::first_chunk(upstream.body, first_byte_deadline).await?;
+        let mode = match &exchange.conversion {
+            Conversion::Passthrough {
+                wire,
+                hide_usage_chunk,
+            } => Mode::Passthrough(Watch::new(*wire, *hide_usage_chunk)),
+            Conversion::Translate(translation) => {
+                Mode::Translate(Box::new(translator(translation)))
+            }
+        };
+        let settings = Settings {
+            ctx: ctx.clone(),
+            protocol,
+            idle: timeouts.idle,
+            deadline,
+            prompt_estimate: exchange.prompt_estimate,
+            secrets: deployment.provider.secrets().into(),
+        };
+        let relay = Relay::start(upstream.body, mode, settings, first_byte_deadline).await?;
         ctx.set_upstream_first_byte(ctx.started.elapsed());
-        let relay = relay::Relay::new(first, ctx.clone(), timeouts.idle, deadline);
         return Ok(relay.into_response(upstream.status, client_headers));
     }
     ctx.set_upstream_first_byte(ctx.started.elapsed());
     let bytes = read_whole(upstream.body, deadline, timeouts.idle).await?;
     ctx.set_upstream_done();
     if upstream.status.is_success() {
-        if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
-            return Err(ApiError::upstream_bad_response(
-                "the body is not valid JSON",
-            ));
-        }
-        return Ok(whole_response(upstream.status, client_headers, bytes));
+        return answer::success(ctx, &exchange, upstream.status, client_headers, bytes);
     }
-    upstream_error_response(
+    answer::upstream_error(
+        &exchange,
+        protocol,
         upstream.status,
         client_headers,
         &bytes,
         deployment.provider.secrets(),
     )
+}
+
+/// The decoder of the upstream's stream and the encoder of the client's.
+fn translator(translation: &Translation) -> Translator {
+    let decoder: Box<dyn Decoder> = match translation.upstream {
+        Wire::OpenAi => Box::<openai::stream::ChatDecoder>::default(),
+        Wire::Anthropic => Box::<anthropic::stream::MessagesDecoder>::default(),
+        Wire::Gemini => Box::<gemini::stream::GenerateDecoder>::default(),
+    };
+    let envelope = |prefix: &str| openai::response::Envelope {
+        id: answer::new_id(prefix),
+        model: translation.model.clone(),
+        created: answer::unix_now(),
+    };
+    let encoder: Box<dyn Encoder> = match translation.endpoint {
+        Endpoint::Messages => Box::new(anthropic::stream::MessagesEncoder::new(
+            answer::new_id("msg_"),
+            translation.model.clone(),
+        )),
+        Endpoint::Completions => Box::new(openai::stream::ChatEncoder::new(
+            envelope("cmpl-"),
+            openai::stream::ChunkKind::Completion,
+            translation.include_usage,
+        )),
+        Endpoint::ChatCompletions | Endpoint::Embeddings => {
+            Box::new(openai::stream::ChatEncoder::new(
+                envelope("chatcmpl-"),
+                openai::stream::ChunkKind::Chat,
+                translation.include_usage,
+            ))
+        }
+    };
+    Translator::new(decoder, encoder)
 }
 
 fn transport_error(error: &UpstreamError) -> ApiError {
@@ -152,41 +216,4 @@ async fn read_whole(
         }
     }
     Ok(single.unwrap_or_else(|| whole.freeze()))
-}
-
-fn whole_response(status: StatusCode, headers: HeaderMap, body: Bytes) -> Response {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response
-}
-
-/// An upstream error answer: passed through with its status when it is a JSON error body
-/// (secrets redacted); anything else becomes a 502 in the caller's shape.
-fn upstream_error_response(
-    status: StatusCode,
-    headers: HeaderMap,
-    body: &Bytes,
-    secrets: &[crate::config::Secret],
-) -> Result<Response, ApiError> {
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let is_error_object = parsed
-        .as_ref()
-        .is_some_and(|value| value.get("error").is_some());
-    if !is_error_object {
-        return Err(ApiError::upstream_bad_response(&format!(
-            "status {} with a body that is not an error object",
-            status.as_u16()
-        )));
-    }
-    let body = match redact_secrets(body, secrets) {
-        Some(redacted) => Bytes::from(redacted),
-        None => body.clone(),
-    };
-    let mut response = whole_response(status, headers, body);
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
 }

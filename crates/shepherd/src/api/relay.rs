@@ -1,6 +1,9 @@
 //! Relaying an upstream event stream to the client as it arrives: whole events only, the idle
-//! and total timeouts enforced between chunks, and a break before `[DONE]` turned into a final
-//! error event (never a fake `[DONE]`). Dropping the relay (client gone) drops the upstream call.
+//! and total timeouts enforced between chunks, usage read on the way. Same protocol: events pass
+//! as they came (OpenAI's usage chunk hidden when only the gateway asked for it). Different
+//! protocols: each event is decoded and re-encoded at once. A break before the protocol's end
+//! marker ends the stream with the client protocol's error event, never a fake end. Dropping the
+//! relay (client gone) drops the upstream call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,75 +11,154 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::Value;
 use tokio::time::{Instant, timeout_at};
 
-use super::errors::ApiError;
+use super::answer::estimate;
+use super::errors::{ApiError, ClientProtocol};
+use crate::config::{Secret, Wire};
 use crate::context::RequestContext;
-use crate::providers::UpstreamBody;
-use crate::wire::sse::{EventSplitter, data_event, data_payloads};
+use crate::providers::{UpstreamBody, redact_secrets};
+use crate::translate::errors::{UpstreamFailure, from_anthropic, from_openai};
+use crate::translate::ir::{Event, Usage, UsageSource};
+use crate::translate::stream::{self as events, DecodeError, Decoder, Encoder};
+use crate::translate::{anthropic, openai};
+use crate::wire::sse::EventSplitter;
 
-/// An upstream stream whose first chunk has arrived.
-pub struct FirstChunk {
-    chunk: Bytes,
-    rest: UpstreamBody,
+/// How events cross from the upstream to the client.
+pub enum Mode {
+    Passthrough(Watch),
+    Translate(Box<Translator>),
 }
 
-/// Waits for the first chunk of a stream, so that an early failure is still a plain error answer.
-pub async fn first_chunk(
-    mut body: UpstreamBody,
-    deadline: Instant,
-) -> Result<FirstChunk, ApiError> {
-    loop {
-        match timeout_at(deadline, body.next()).await {
-            Err(_elapsed) => {
-                return Err(ApiError::upstream_timeout(
-                    "no stream data within the first-byte timeout",
-                ));
-            }
-            Ok(None) => {
-                return Err(ApiError::upstream_bad_response(
-                    "the stream ended before any event",
-                ));
-            }
-            Ok(Some(Err(error))) => {
-                return Err(ApiError::upstream_bad_response(&error.to_string()));
-            }
-            Ok(Some(Ok(chunk))) if chunk.is_empty() => continue,
-            Ok(Some(Ok(chunk))) => return Ok(FirstChunk { chunk, rest: body }),
+/// What a passed-through stream is watched for.
+#[derive(Debug)]
+pub struct Watch {
+    wire: Wire,
+    hide_usage_chunk: bool,
+    /// `[DONE]` or `message_stop` seen.
+    done: bool,
+    /// The upstream sent its own error event (forwarded as is).
+    failed: bool,
+    usage: Option<Usage>,
+    output_chars: usize,
+}
+
+impl Watch {
+    pub fn new(wire: Wire, hide_usage_chunk: bool) -> Self {
+        Watch {
+            wire,
+            hide_usage_chunk,
+            done: false,
+            failed: false,
+            usage: None,
+            output_chars: 0,
         }
     }
 }
 
+pub struct Translator {
+    pub decoder: Box<dyn Decoder>,
+    pub encoder: Box<dyn Encoder>,
+    scratch: Vec<Event>,
+}
+
+impl Translator {
+    pub fn new(decoder: Box<dyn Decoder>, encoder: Box<dyn Encoder>) -> Self {
+        Translator {
+            decoder,
+            encoder,
+            scratch: Vec::with_capacity(8),
+        }
+    }
+}
+
+/// What the client's stream needs besides the upstream body.
+pub struct Settings {
+    pub ctx: Arc<RequestContext>,
+    pub protocol: ClientProtocol,
+    pub idle: Duration,
+    pub deadline: Instant,
+    pub prompt_estimate: u64,
+    pub secrets: Arc<[Secret]>,
+}
+
 pub struct Relay {
     upstream: UpstreamBody,
-    pending_first: Option<Bytes>,
     splitter: EventSplitter,
-    saw_done: bool,
+    mode: Mode,
+    settings: Settings,
+    /// Output produced while waiting for the first event.
+    primed: Option<Bytes>,
     finished: bool,
-    idle: Duration,
-    deadline: Instant,
-    ctx: Arc<RequestContext>,
+}
+
+/// Why a chunk could not be relayed.
+enum Break {
+    /// The upstream reported an error in its protocol.
+    Upstream(UpstreamFailure),
+    /// The upstream sent something that is not its protocol.
+    Malformed(String),
 }
 
 impl Relay {
-    pub fn new(
-        first: FirstChunk,
-        ctx: Arc<RequestContext>,
-        idle: Duration,
-        deadline: Instant,
-    ) -> Self {
-        Relay {
-            upstream: first.rest,
-            pending_first: Some(first.chunk),
+    /// Waits for the first events of the stream (within `first_byte_deadline`), so that an early
+    /// failure is still answered as a plain error with its status.
+    pub async fn start(
+        upstream: UpstreamBody,
+        mode: Mode,
+        settings: Settings,
+        first_byte_deadline: Instant,
+    ) -> Result<Relay, ApiError> {
+        let mut relay = Relay {
+            upstream,
             splitter: EventSplitter::default(),
-            saw_done: false,
+            mode,
+            settings,
+            primed: None,
             finished: false,
-            idle,
-            deadline,
-            ctx,
+        };
+        loop {
+            let chunk = match timeout_at(first_byte_deadline, relay.upstream.next()).await {
+                Err(_elapsed) => {
+                    return Err(ApiError::upstream_timeout(
+                        "no stream data within the first-byte timeout",
+                    ));
+                }
+                Ok(None) => {
+                    return Err(ApiError::upstream_bad_response(
+                        "the stream ended before any event",
+                    ));
+                }
+                Ok(Some(Err(error))) => {
+                    return Err(ApiError::upstream_bad_response(&error.to_string()));
+                }
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            match relay.process(chunk) {
+                Ok(None) => continue,
+                Ok(Some(output)) => {
+                    if let Some(failure) = relay.early_failure(&output) {
+                        return Err(ApiError::from_upstream(
+                            &relay.redacted(failure),
+                            relay.settings.protocol,
+                        ));
+                    }
+                    relay.primed = Some(output);
+                    return Ok(relay);
+                }
+                Err(Break::Upstream(failure)) => {
+                    return Err(ApiError::from_upstream(
+                        &relay.redacted(failure),
+                        relay.settings.protocol,
+                    ));
+                }
+                Err(Break::Malformed(detail)) => {
+                    return Err(ApiError::upstream_bad_response(&detail));
+                }
+            }
         }
     }
 
@@ -97,70 +179,343 @@ impl Relay {
         response
     }
 
-    /// The next whole events to send, or `None` at the end.
+    /// The next events to send, or `None` at the end.
     async fn next_piece(&mut self) -> Option<Bytes> {
+        if let Some(primed) = self.primed.take() {
+            return Some(primed);
+        }
         loop {
             if self.finished {
                 return None;
             }
-            let chunk = match self.pending_first.take() {
-                Some(chunk) => chunk,
-                None => {
-                    let wait_until = self.deadline.min(Instant::now() + self.idle);
-                    match timeout_at(wait_until, self.upstream.next()).await {
-                        Ok(Some(Ok(chunk))) => chunk,
-                        Ok(None) => return self.end_of_upstream(),
-                        Ok(Some(Err(error))) => {
-                            return self.fail(
-                                "upstream_stream_error",
-                                &format!("The upstream stream broke: {error}"),
-                            );
-                        }
-                        Err(_elapsed) if Instant::now() >= self.deadline => {
-                            return self.fail(
-                                "upstream_timeout",
-                                "The stream passed the total time limit.",
-                            );
-                        }
-                        Err(_elapsed) => {
-                            let idle = self.idle.as_secs_f64();
-                            return self.fail(
-                                "upstream_timeout",
-                                &format!("The upstream sent nothing for {idle}s."),
-                            );
-                        }
-                    }
+            let wait_until = self
+                .settings
+                .deadline
+                .min(Instant::now() + self.settings.idle);
+            let chunk = match timeout_at(wait_until, self.upstream.next()).await {
+                Ok(Some(Ok(chunk))) => chunk,
+                Ok(None) => return self.end_of_upstream(),
+                Ok(Some(Err(error))) => {
+                    return self.fail(ApiError::upstream_stream_error(&format!(
+                        "The upstream stream broke: {error}"
+                    )));
+                }
+                Err(_elapsed) if Instant::now() >= self.settings.deadline => {
+                    return self.fail(ApiError::upstream_stream_timeout(
+                        "The stream passed the total time limit.",
+                    ));
+                }
+                Err(_elapsed) => {
+                    let idle = self.settings.idle.as_secs_f64();
+                    return self.fail(ApiError::upstream_stream_timeout(&format!(
+                        "The upstream sent nothing for {idle}s."
+                    )));
                 }
             };
-            if let Some(events) = self.splitter.push(chunk) {
-                if data_payloads(&events).any(|data| data == b"[DONE]") {
-                    self.saw_done = true;
+            match self.process(chunk) {
+                Ok(Some(output)) => return Some(output),
+                Ok(None) => {}
+                Err(Break::Upstream(failure)) => {
+                    let failure = self.redacted(failure);
+                    let error = ApiError::from_upstream(&failure, self.settings.protocol);
+                    return self.fail(error);
                 }
-                return Some(events);
+                Err(Break::Malformed(detail)) => {
+                    return self.fail(ApiError::upstream_stream_error(&format!(
+                        "The upstream sent an invalid event: {detail}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Takes one upstream chunk; returns what to send the client now, if anything.
+    fn process(&mut self, chunk: Bytes) -> Result<Option<Bytes>, Break> {
+        let Some(whole) = self.splitter.push(chunk) else {
+            return Ok(None);
+        };
+        match &mut self.mode {
+            Mode::Passthrough(watch) => Ok(watch_events(watch, whole)),
+            Mode::Translate(translator) => {
+                let mut out = BytesMut::new();
+                for event in events::events(&whole) {
+                    translator
+                        .decoder
+                        .decode(event, &mut translator.scratch)
+                        .map_err(|error| match error {
+                            DecodeError::Upstream(failure) => Break::Upstream(failure),
+                            DecodeError::Malformed(detail) => Break::Malformed(detail),
+                        })?;
+                    for event in translator.scratch.drain(..) {
+                        translator.encoder.encode(event, &mut out);
+                    }
+                }
+                Ok((!out.is_empty()).then(|| out.freeze()))
             }
         }
     }
 
     fn end_of_upstream(&mut self) -> Option<Bytes> {
-        self.ctx.set_upstream_done();
-        if self.saw_done {
-            self.finished = true;
-            self.ctx.set_body_done();
-            return None;
+        self.finished = true;
+        self.settings.ctx.set_upstream_done();
+        match &mut self.mode {
+            Mode::Passthrough(watch) if watch.done => {
+                let (usage, chars) = (watch.usage, watch.output_chars);
+                self.record_usage(usage, chars);
+                self.settings.ctx.set_body_done();
+                None
+            }
+            Mode::Passthrough(watch) if watch.failed => {
+                // The upstream's own error event already reached the client.
+                let (usage, chars) = (watch.usage, watch.output_chars);
+                self.record_usage(usage, chars);
+                self.settings.ctx.set_stream_failed("upstream_stream_error");
+                None
+            }
+            Mode::Translate(translator) if translator.decoder.complete() => {
+                let (reported, chars) = translator.encoder.usage();
+                let (usage, source) = self.final_usage(reported, chars);
+                self.settings.ctx.set_usage(usage, source);
+                let mut out = BytesMut::new();
+                if let Mode::Translate(translator) = &mut self.mode {
+                    translator.encoder.finish(&usage, &mut out);
+                }
+                self.settings.ctx.set_body_done();
+                Some(out.freeze())
+            }
+            _ => {
+                self.finished = false;
+                self.fail(ApiError::upstream_stream_error(
+                    "The upstream ended the stream before it was complete.",
+                ))
+            }
         }
-        self.fail(
-            "upstream_stream_error",
-            "The upstream ended the stream before it was complete.",
-        )
     }
 
-    /// Ends the stream with an OpenAI error event.
-    fn fail(&mut self, code: &'static str, message: &str) -> Option<Bytes> {
+    fn final_usage(&self, reported: Option<Usage>, chars: usize) -> (Usage, UsageSource) {
+        match reported {
+            Some(usage) => (usage, UsageSource::Reported),
+            None => (
+                estimate(self.settings.prompt_estimate, chars),
+                UsageSource::Estimated,
+            ),
+        }
+    }
+
+    fn record_usage(&self, reported: Option<Usage>, chars: usize) {
+        let (usage, source) = self.final_usage(reported, chars);
+        self.settings.ctx.set_usage(usage, source);
+    }
+
+    /// Ends the stream with the client protocol's error event.
+    fn fail(&mut self, error: ApiError) -> Option<Bytes> {
         self.finished = true;
-        self.ctx.set_upstream_done();
-        self.ctx.set_stream_failed(code);
-        let body = json!({"error": {"message": message, "type": "server_error", "param": null, "code": code}});
-        tracing::warn!(request_id = %self.ctx.request_id, code, message, "stream ended with an error event");
-        Some(data_event(&body.to_string()))
+        self.settings.ctx.set_upstream_done();
+        self.settings.ctx.set_stream_failed(error.code);
+        tracing::warn!(request_id = %self.settings.ctx.request_id, code = error.code,
+                       message = %error.message, "stream ended with an error event");
+        let mut out = BytesMut::new();
+        match &mut self.mode {
+            Mode::Passthrough(watch) => {
+                let (usage, chars) = (watch.usage, watch.output_chars);
+                self.record_usage(usage, chars);
+                match self.settings.protocol {
+                    ClientProtocol::OpenAi => {
+                        events::write_data(
+                            &mut out,
+                            &error.body(ClientProtocol::OpenAi).to_string(),
+                        );
+                    }
+                    ClientProtocol::Anthropic => {
+                        events::write_named(
+                            &mut out,
+                            "error",
+                            &error.body(ClientProtocol::Anthropic),
+                        );
+                    }
+                }
+            }
+            Mode::Translate(translator) => {
+                let (reported, chars) = translator.encoder.usage();
+                translator.encoder.fail(&error, &mut out);
+                self.record_usage(reported, chars);
+            }
+        }
+        Some(out.freeze())
+    }
+
+    /// A passed-through stream whose first event is the upstream's error event: the failure it
+    /// reports, so that it can still be answered with a status.
+    fn early_failure(&self, output: &[u8]) -> Option<UpstreamFailure> {
+        let Mode::Passthrough(watch) = &self.mode else {
+            return None;
+        };
+        if !watch.failed {
+            return None;
+        }
+        let first = events::events(output).next()?;
+        let data: Value = serde_json::from_str(first.data.trim()).ok()?;
+        data.get("error")?;
+        Some(passthrough_failure(watch.wire, &data))
+    }
+
+    fn redacted(&self, mut failure: UpstreamFailure) -> UpstreamFailure {
+        if let Some(clean) = redact_secrets(failure.message.as_bytes(), &self.settings.secrets) {
+            failure.message = String::from_utf8_lossy(&clean).into_owned();
+        }
+        failure
+    }
+}
+
+/// Watches passed-through events (end marker, usage, the upstream's error event); returns what
+/// to forward: the same bytes, or the events minus a hidden usage chunk.
+fn watch_events(watch: &mut Watch, whole: Bytes) -> Option<Bytes> {
+    let mut hidden = false;
+    for event in events::events(&whole) {
+        let data = event.data.trim();
+        match watch.wire {
+            Wire::Anthropic => match event.name.unwrap_or_default() {
+                "message_start" | "message_delta" => {
+                    if let Ok(value) = serde_json::from_str::<Value>(data) {
+                        let usage = value
+                            .get("message")
+                            .map_or(&value["usage"], |message| &message["usage"]);
+                        if usage.is_object() {
+                            let base = watch.usage.unwrap_or_default();
+                            watch.usage = Some(anthropic::response::usage_of(usage, base));
+                        }
+                    }
+                }
+                "content_block_delta" => watch.output_chars += content_chars(data),
+                "message_stop" => watch.done = true,
+                "error" => watch.failed = true,
+                _ => {}
+            },
+            _ => {
+                if data == "[DONE]" {
+                    watch.done = true;
+                } else if data.starts_with("{\"error\"") {
+                    watch.failed = true;
+                } else if data.contains("\"usage\":{") {
+                    if let Ok(value) = serde_json::from_str::<Value>(data) {
+                        watch.usage = openai::response::usage_of(&value["usage"]).or(watch.usage);
+                        let no_choices = value["choices"].as_array().is_none_or(Vec::is_empty);
+                        hidden |= watch.hide_usage_chunk && no_choices;
+                    }
+                } else {
+                    watch.output_chars += content_chars(data);
+                }
+            }
+        }
+    }
+    if !hidden {
+        return Some(whole);
+    }
+    // Rare (once per stream): rebuild the events without the usage chunk.
+    let text = String::from_utf8_lossy(&whole);
+    let mut out = BytesMut::with_capacity(whole.len());
+    for block in text.split_inclusive("\n\n") {
+        let is_usage_chunk = block.contains("\"usage\":{")
+            && events::events(block.as_bytes()).all(|event| {
+                serde_json::from_str::<Value>(event.data.trim())
+                    .ok()
+                    .is_some_and(|v| v["choices"].as_array().is_none_or(Vec::is_empty))
+            });
+        if !is_usage_chunk {
+            out.extend_from_slice(block.as_bytes());
+        }
+    }
+    (!out.is_empty()).then(|| out.freeze())
+}
+
+/// Characters of generated text in a chunk (`content`, `text`, tool `arguments`, Anthropic
+/// `partial_json` and `thinking` strings), for a usage estimate when the upstream reports none.
+fn content_chars(data: &str) -> usize {
+    [
+        "\"content\":\"",
+        "\"text\":\"",
+        "\"arguments\":\"",
+        "\"partial_json\":\"",
+        "\"thinking\":\"",
+    ]
+    .iter()
+    .map(|key| {
+        data.match_indices(key)
+            .map(|(at, _)| string_length(&data[at + key.len()..]))
+            .sum::<usize>()
+    })
+    .sum()
+}
+
+/// Length of a JSON string body up to its closing quote.
+fn string_length(rest: &str) -> usize {
+    let bytes = rest.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return i,
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+/// The failure in an upstream's error event, for the protocols that pass through.
+pub fn passthrough_failure(wire: Wire, data: &Value) -> UpstreamFailure {
+    match wire {
+        Wire::Anthropic => from_anthropic(0, data),
+        _ => from_openai(0, data),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_chunk_hidden_when_only_the_gateway_asked() {
+        let mut watch = Watch::new(Wire::OpenAi, true);
+        let events = Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n\
+data: [DONE]\n\n",
+        );
+        let out = watch_events(&mut watch, events).unwrap();
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(!text.contains("prompt_tokens"), "{text}");
+        assert!(text.contains("\"content\":\"hi\"") && text.ends_with("data: [DONE]\n\n"));
+        assert!(watch.done);
+        assert_eq!(watch.usage.unwrap().input, 3);
+        assert_eq!(watch.output_chars, 2);
+
+        let mut keep = Watch::new(Wire::OpenAi, false);
+        let events =
+            Bytes::from_static(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n");
+        assert_eq!(watch_events(&mut keep, events.clone()).unwrap(), events);
+    }
+
+    #[test]
+    fn anthropic_usage_is_read_on_the_side() {
+        let mut watch = Watch::new(Wire::Anthropic, false);
+        let events = Bytes::from_static(
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        assert_eq!(watch_events(&mut watch, events.clone()).unwrap(), events);
+        let usage = watch.usage.unwrap();
+        assert_eq!((usage.input, usage.output), (10, 7));
+        assert!(watch.done);
+    }
+
+    #[test]
+    fn content_characters() {
+        assert_eq!(content_chars(r#"{"delta":{"content":"a\"b"}}"#), 4);
+        assert_eq!(
+            content_chars(r#"{"delta":{"tool_calls":[{"function":{"arguments":"{}"}}]}}"#),
+            2
+        );
+        assert_eq!(content_chars(r#"{"delta":{"content":null}}"#), 0);
     }
 }

@@ -229,50 +229,97 @@ impl Loader {
             let Some(raw) = self.section::<RawProvider>(value, &path) else {
                 continue;
             };
-            let kind = match raw.kind {
+            let wire = match raw.kind {
                 RawProviderKind::Mock => {
-                    if raw.base_url.is_some() || !raw.api_keys.is_empty() {
-                        self.problem(&path, "a `mock` provider takes no base_url or api_keys");
-                    }
-                    ProviderKind::Mock
-                }
-                RawProviderKind::Openai => {
-                    let Some(base_url) = raw.base_url else {
-                        self.problem(
-                            &path,
-                            "missing field `base_url` (e.g. https://api.openai.com/v1)",
-                        );
-                        continue;
-                    };
-                    if !(base_url.starts_with("http://") || base_url.starts_with("https://"))
-                        || base_url.parse::<axum::http::Uri>().is_err()
+                    if raw.base_url.is_some()
+                        || !raw.api_keys.is_empty()
+                        || raw.version.is_some()
+                        || raw.default_max_tokens.is_some()
                     {
                         self.problem(
-                            &join_path(&path, "base_url"),
-                            format!("`{base_url}` is not an http(s) URL"),
+                            &path,
+                            "a `mock` provider takes no base_url, api_keys, version or default_max_tokens",
                         );
                     }
-                    for (n, key) in raw.api_keys.iter().enumerate() {
-                        if key.trim().is_empty() {
-                            self.problem(
-                                &index_path(&join_path(&path, "api_keys"), n),
-                                "empty upstream key",
-                            );
-                        }
-                    }
-                    ProviderKind::OpenAi {
-                        base_url: base_url.trim_end_matches('/').to_owned(),
-                        api_keys: raw.api_keys.into_iter().map(Secret::new).collect(),
-                        headers: raw.headers.into_iter().collect(),
-                    }
+                    out.push(ProviderConfig {
+                        name: name.into(),
+                        kind: ProviderKind::Mock,
+                    });
+                    continue;
                 }
+                RawProviderKind::Openai => Wire::OpenAi,
+                RawProviderKind::Anthropic => Wire::Anthropic,
+                RawProviderKind::Gemini => Wire::Gemini,
             };
+            let Some(remote) = self.remote_provider(&path, wire, raw) else {
+                continue;
+            };
+            let kind = ProviderKind::Remote(remote);
             out.push(ProviderConfig {
                 name: name.into(),
                 kind,
             });
         }
         out
+    }
+
+    fn remote_provider(
+        &mut self,
+        path: &str,
+        wire: Wire,
+        raw: RawProvider,
+    ) -> Option<RemoteProvider> {
+        let (default_url, default_version) = match wire {
+            Wire::OpenAi => (None, ""),
+            Wire::Anthropic => (Some("https://api.anthropic.com"), "2023-06-01"),
+            Wire::Gemini => (Some("https://generativelanguage.googleapis.com"), "v1beta"),
+        };
+        let Some(base_url) = raw.base_url.or(default_url.map(str::to_owned)) else {
+            self.problem(
+                path,
+                "missing field `base_url` (e.g. https://api.openai.com/v1)",
+            );
+            return None;
+        };
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://"))
+            || base_url.parse::<axum::http::Uri>().is_err()
+        {
+            self.problem(
+                &join_path(path, "base_url"),
+                format!("`{base_url}` is not an http(s) URL"),
+            );
+        }
+        for (n, key) in raw.api_keys.iter().enumerate() {
+            if key.trim().is_empty() {
+                self.problem(
+                    &index_path(&join_path(path, "api_keys"), n),
+                    "empty upstream key",
+                );
+            }
+        }
+        if wire != Wire::Anthropic && raw.default_max_tokens.is_some() {
+            self.problem(
+                &join_path(path, "default_max_tokens"),
+                "only `anthropic` providers take default_max_tokens",
+            );
+        }
+        if raw.default_max_tokens == Some(0) {
+            self.problem(&join_path(path, "default_max_tokens"), "must be at least 1");
+        }
+        if wire == Wire::OpenAi && raw.version.is_some() {
+            self.problem(
+                &join_path(path, "version"),
+                "`openai` providers take no version (put it in base_url)",
+            );
+        }
+        Some(RemoteProvider {
+            wire,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_keys: raw.api_keys.into_iter().map(Secret::new).collect(),
+            headers: raw.headers.into_iter().collect(),
+            version: raw.version.unwrap_or_else(|| default_version.to_owned()),
+            default_max_tokens: raw.default_max_tokens.unwrap_or(4096),
+        })
     }
 
     fn models(&mut self, value: Value, providers: &[ProviderConfig]) -> Vec<ModelConfig> {
@@ -431,14 +478,12 @@ keys:
         assert_eq!(config.server.timeouts.first_byte, Duration::from_secs(10));
         assert_eq!(config.server.timeouts.idle, Duration::from_secs(60));
         assert_eq!(config.providers.len(), 2);
-        let ProviderKind::OpenAi {
-            base_url, api_keys, ..
-        } = &config.providers[0].kind
-        else {
+        let ProviderKind::Remote(remote) = &config.providers[0].kind else {
             panic!("expected openai: {:?}", config.providers);
         };
-        assert_eq!(base_url, "https://api.openai.com/v1");
-        assert_eq!(api_keys[0].expose(), "sk-upstream");
+        assert_eq!(remote.wire, Wire::OpenAi);
+        assert_eq!(remote.base_url, "https://api.openai.com/v1");
+        assert_eq!(remote.api_keys[0].expose(), "sk-upstream");
         assert_eq!(&*config.models[0].deployments[0].upstream_model, "gpt-4.1");
         assert_eq!(config.models[1].deployments[0].weight, 3);
         assert!(config.keys[1].models[0].matches("anything"));

@@ -70,14 +70,45 @@ pub struct ProviderConfig {
 
 #[derive(Debug, Clone)]
 pub enum ProviderKind {
-    /// Any OpenAI-compatible API by base URL (`…/v1`).
-    OpenAi {
-        base_url: String,
-        api_keys: Vec<Secret>,
-        headers: Vec<(String, String)>,
-    },
-    /// Answers inside the process: no network, no key.
+    /// An upstream reached over HTTP.
+    Remote(RemoteProvider),
+    /// Answers inside the process (OpenAI protocol): no network, no key.
     Mock,
+}
+
+/// The protocol an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// OpenAI Chat Completions and friends (OpenAI, DeepSeek, Groq, vLLM, Ollama, relays…).
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Google Gemini `generateContent`.
+    Gemini,
+}
+
+impl Wire {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wire::OpenAi => "openai",
+            Wire::Anthropic => "anthropic",
+            Wire::Gemini => "gemini",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteProvider {
+    pub wire: Wire,
+    /// Without a trailing slash: `https://api.openai.com/v1`, `https://api.anthropic.com`,
+    /// `https://generativelanguage.googleapis.com`.
+    pub base_url: String,
+    pub api_keys: Vec<Secret>,
+    pub headers: Vec<(String, String)>,
+    /// Anthropic: `anthropic-version`; Gemini: API version (`v1beta`); OpenAI: unused.
+    pub version: String,
+    /// Anthropic: `max_tokens` when the client gave none.
+    pub default_max_tokens: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -39,6 +39,8 @@ pub struct RawCors {
 #[serde(rename_all = "lowercase")]
 pub enum RawProviderKind {
     Openai,
+    Anthropic,
+    Gemini,
     Mock,
 }
 
@@ -52,6 +54,10 @@ pub struct RawProvider {
     /// Extra headers sent to this upstream on every request (e.g. an organisation id).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Anthropic: the `anthropic-version` header; Gemini: the API version in the path.
+    pub version: Option<String>,
+    /// Anthropic: `max_tokens` sent when the client gave none (Anthropic requires it).
+    pub default_max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -45,6 +45,8 @@ const NOT_FORWARDED_DOWN: &[&str] = &[
     "strict-transport-security",
     "cf-ray",
     "cf-cache-status",
+    "anthropic-organization-id",
+    "x-goog-api-key",
 ];
 
 fn listed_in(name: &HeaderName, list: &[&str]) -> bool {
@@ -85,7 +87,7 @@ pub fn response_headers_to_client(upstream: &HeaderMap) -> HeaderMap {
     let dynamic = connection_tokens(upstream);
     let mut out = HeaderMap::with_capacity(upstream.len());
     for (name, value) in upstream {
-        if name.as_str() == "x-request-id" {
+        if name.as_str() == "x-request-id" || name.as_str() == "request-id" {
             out.insert(
                 HeaderName::from_static("x-upstream-request-id"),
                 value.clone(),
@@ -95,6 +97,7 @@ pub fn response_headers_to_client(upstream: &HeaderMap) -> HeaderMap {
         if listed_in(name, HOP_BY_HOP)
             || listed_in(name, NOT_FORWARDED_DOWN)
             || name.as_str().starts_with("x-ratelimit-")
+            || name.as_str().starts_with("anthropic-ratelimit-")
             || dynamic.iter().any(|token| token == name.as_str())
         {
             continue;

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse};
+use super::{Operation, UpstreamError, UpstreamRequest, UpstreamResponse};
 use crate::wire::sse;
 
 /// Answers a request as an OpenAI-compatible upstream would.
@@ -26,22 +26,30 @@ pub fn answer(request: &UpstreamRequest<'_>) -> Result<UpstreamResponse, Upstrea
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let id = format!("mock-{}", request.request_id);
-    let reply = match request.endpoint {
-        Endpoint::Embeddings => {
+    let reply = match request.operation {
+        Operation::Embeddings => {
             return Ok(json_response(StatusCode::OK, &embeddings(&body, &model)));
         }
-        Endpoint::ChatCompletions => format!(
+        Operation::ChatCompletions => format!(
             "Hello from Shepherd's mock provider! You said: {}",
             last_user_text(&body)
         ),
-        Endpoint::Completions => format!(" and so the mock continues: {}", prompt_text(&body)),
+        Operation::Completions => format!(" and so the mock continues: {}", prompt_text(&body)),
+        other => {
+            return Ok(json_response(
+                StatusCode::NOT_FOUND,
+                &error_body(&format!(
+                    "the mock provider speaks OpenAI only, not {other:?}"
+                )),
+            ));
+        }
     };
     let words: Vec<String> = split_words(&reply);
     let prompt_tokens = prompt_tokens(&body);
     let completion_tokens = words.len() as u64;
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                        "total_tokens": prompt_tokens + completion_tokens});
-    let chat = request.endpoint == Endpoint::ChatCompletions;
+    let chat = request.operation == Operation::ChatCompletions;
     if !request.stream {
         let answer = if chat {
             json!({"id": format!("chatcmpl-{id}"), "object": "chat.completion", "created": created,
@@ -232,7 +240,7 @@ fn embeddings(body: &Value, model: &str) -> Value {
                     .iter()
                     .flat_map(|x| (*x as f32).to_le_bytes())
                     .collect();
-                Value::String(base64(&bytes))
+                Value::String(crate::wire::base64::encode(&bytes))
             } else {
                 json!(vector)
             };
@@ -243,38 +251,9 @@ fn embeddings(body: &Value, model: &str) -> Value {
            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 }
 
-/// Standard base64 with padding (what OpenAI's `encoding_format: base64` returns).
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for group in bytes.chunks(3) {
-        let n = group
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= group.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-    }
 
     #[test]
     fn words_rejoin() {

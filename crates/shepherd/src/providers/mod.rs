@@ -4,7 +4,7 @@
 mod headers;
 mod http;
 pub mod mock;
-pub mod openai_compat;
+pub mod remote;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,33 +14,54 @@ use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::config::{ProviderConfig, ProviderKind, Timeouts};
+use crate::config::{ProviderConfig, ProviderKind, Timeouts, Wire};
 
 pub use headers::{forwardable_request_headers, redact_secrets, response_headers_to_client};
 pub use http::{ConnectTimer, install_crypto_provider};
 
-/// Which client route a request came in on (and so which upstream endpoint it goes to).
+/// Which client route a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic's `/v1/messages`.
+    Messages,
 }
 
 impl Endpoint {
-    pub fn path(self) -> &'static str {
+    /// The client protocol of the route.
+    pub fn wire(self) -> Wire {
         match self {
-            Endpoint::ChatCompletions => "/chat/completions",
-            Endpoint::Completions => "/completions",
-            Endpoint::Embeddings => "/embeddings",
+            Endpoint::Messages => Wire::Anthropic,
+            _ => Wire::OpenAi,
         }
     }
 }
 
-/// A request ready for an upstream: body already rewritten for it.
+/// What an upstream is asked to do, in its own protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// OpenAI `/chat/completions`.
+    ChatCompletions,
+    /// OpenAI `/completions`.
+    Completions,
+    /// OpenAI `/embeddings`.
+    Embeddings,
+    /// Anthropic `/v1/messages`.
+    Messages,
+    /// Gemini `:generateContent` (`:streamGenerateContent?alt=sse` for streams).
+    GenerateContent,
+    /// Gemini `:batchEmbedContents`.
+    BatchEmbed,
+}
+
+/// A request ready for an upstream: body already in its protocol.
 #[derive(Debug)]
 pub struct UpstreamRequest<'a> {
-    pub endpoint: Endpoint,
+    pub operation: Operation,
+    /// The model as the upstream knows it (Gemini puts it in the URL).
+    pub model: &'a str,
     pub body: Bytes,
     pub stream: bool,
     /// The client's headers; the provider forwards only the end-to-end, non-credential ones.
@@ -86,20 +107,16 @@ pub struct Provider {
 
 #[derive(Debug)]
 enum Adapter {
-    OpenAi(Box<openai_compat::OpenAiCompat>),
+    Remote(Box<remote::Remote>),
     Mock,
 }
 
 impl Provider {
     pub fn new(config: &ProviderConfig, timeouts: &Timeouts) -> Result<Self, String> {
         let adapter = match &config.kind {
-            ProviderKind::OpenAi {
-                base_url,
-                api_keys,
-                headers,
-            } => Adapter::OpenAi(Box::new(openai_compat::OpenAiCompat::new(
-                base_url, api_keys, headers, timeouts,
-            )?)),
+            ProviderKind::Remote(remote) => {
+                Adapter::Remote(Box::new(remote::Remote::new(remote, timeouts)?))
+            }
             ProviderKind::Mock => Adapter::Mock,
         };
         Ok(Provider {
@@ -109,6 +126,22 @@ impl Provider {
         })
     }
 
+    /// The protocol this upstream speaks.
+    pub fn wire(&self) -> Wire {
+        match &self.adapter {
+            Adapter::Remote(remote) => remote.wire(),
+            Adapter::Mock => Wire::OpenAi,
+        }
+    }
+
+    /// Anthropic's `max_tokens` when the client gave none.
+    pub fn default_max_tokens(&self) -> u64 {
+        match &self.adapter {
+            Adapter::Remote(remote) => remote.default_max_tokens(),
+            Adapter::Mock => 4096,
+        }
+    }
+
     /// Sends a request and returns once the response head has arrived.
     pub async fn send(
         &self,
@@ -116,7 +149,7 @@ impl Provider {
     ) -> Result<UpstreamResponse, UpstreamError> {
         let n = self.sent.fetch_add(1, Ordering::Relaxed);
         match &self.adapter {
-            Adapter::OpenAi(adapter) => adapter.send(request, n).await,
+            Adapter::Remote(adapter) => adapter.send(request, n).await,
             Adapter::Mock => mock::answer(&request),
         }
     }
@@ -124,7 +157,7 @@ impl Provider {
     /// Every upstream secret of this provider, for redaction of what comes back.
     pub fn secrets(&self) -> &[crate::config::Secret] {
         match &self.adapter {
-            Adapter::OpenAi(adapter) => adapter.secrets(),
+            Adapter::Remote(adapter) => adapter.secrets(),
             Adapter::Mock => &[],
         }
     }

@@ -14,8 +14,9 @@ use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
-use crate::api::errors::ApiError;
+use crate::api::errors::{ApiError, ClientProtocol};
 use crate::context::RequestContext;
+use axum::response::IntoResponse;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -35,6 +36,7 @@ pub async fn edge(mut request: Request, next: Next) -> Response {
         .map(|info| info.0.ip());
     let path = request.uri().path();
     let logged = !QUIET_ROUTES.contains(&path);
+    let protocol = ClientProtocol::of_path(path);
     let ctx = Arc::new(RequestContext::new(
         request_id,
         client_ip,
@@ -44,6 +46,16 @@ pub async fn edge(mut request: Request, next: Next) -> Response {
     ));
     request.extensions_mut().insert(ctx.clone());
     let mut response = next.run(request).await;
+    // Errors raised outside a handler (unknown route, wrong method, panic) take the shape of
+    // the route's protocol too.
+    let misrendered = response
+        .extensions()
+        .get::<ApiError>()
+        .filter(|error| error.protocol != protocol)
+        .cloned();
+    if let Some(error) = misrendered {
+        response = error.in_protocol(protocol).into_response();
+    }
     ctx.set_status(response.status().as_u16());
     if let Some(error) = response.extensions().get::<ApiError>() {
         ctx.set_error(error.code);

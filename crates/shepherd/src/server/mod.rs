@@ -2,8 +2,8 @@
 //! shutdown within the grace period).
 //!
 //! Layer order, outermost first: CORS (preflight answered before anything else, headers added
-//! to every answer) -> edge (request id, context, access log) -> panic guard (a panic becomes a
-//! 500 in OpenAI's shape) -> routes.
+//! to every answer) -> edge (request id, context, access log; errors re-rendered in the route's
+//! protocol when raised outside a handler) -> panic guard (a panic becomes a 500) -> routes.
 
 mod edge;
 
@@ -22,7 +22,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::api::errors::ApiError;
-use crate::api::{health, openai};
+use crate::api::{anthropic, health, openai};
 use crate::config::{Config, CorsConfig};
 use crate::state::AppState;
 
@@ -36,6 +36,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
+        .route("/v1/messages", post(anthropic::messages))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(health::unknown_route)

@@ -51,6 +51,20 @@ pub struct AccessRecord<'a> {
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
+    #[serde(flatten)]
+    pub usage: Option<TokenCounts>,
+}
+
+/// The token counts of a request: prompt (cached included), completion (reasoning included),
+/// and whether the upstream reported them or the gateway estimated them.
+#[derive(Debug, Serialize)]
+pub struct TokenCounts {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// `reported` or `estimated`.
+    pub usage: &'static str,
 }
 
 #[derive(Serialize)]
@@ -137,6 +151,17 @@ fn human(out: &mut Vec<u8>, now: &Rfc3339, r: &AccessRecord<'_>) -> std::io::Res
         if let Some(value) = value {
             write!(out, " {name}={value}")?;
         }
+    }
+    if let Some(usage) = &r.usage {
+        write!(
+            out,
+            " prompt_tokens={} completion_tokens={} cached_tokens={} reasoning_tokens={} usage={}",
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+            usage.reasoning_tokens,
+            usage.usage
+        )?;
     }
     write!(out, " total_ms={} outcome={}", r.total_ms, r.outcome)
 }

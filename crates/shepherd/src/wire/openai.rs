@@ -1,5 +1,6 @@
-//! OpenAI wire format, as little of it as pass-through needs: the request head (model, stream)
-//! read without copying the body, and a targeted rewrite of the model name.
+//! OpenAI wire format, as little of it as pass-through needs: the request head (model, stream,
+//! stream options) read without copying the body, and targeted rewrites of the model name and of
+//! `stream_options.include_usage`. Anthropic requests share the head (`model`, `stream`).
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -12,8 +13,12 @@ use crate::api::errors::ApiError;
 pub struct RequestHead {
     pub model: String,
     pub stream: bool,
+    /// The client asked for usage in its stream (`stream_options.include_usage`).
+    pub include_usage: bool,
     /// Byte range of the `model` value (quotes included) inside the body.
     model_span: (usize, usize),
+    /// Byte range of the `stream_options` value, when present.
+    stream_options_span: Option<(usize, usize)>,
 }
 
 #[derive(Deserialize)]
@@ -22,6 +27,13 @@ struct RawHead<'a> {
     model: Option<&'a RawValue>,
     #[serde(borrow)]
     stream: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stream_options: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
 }
 
 impl RequestHead {
@@ -56,26 +68,79 @@ impl RequestHead {
             Some("false") => false,
             Some(_) => return Err(ApiError::invalid_field("stream", "expected a boolean")),
         };
+        let (include_usage, stream_options_span) = match raw.stream_options {
+            None => (false, None),
+            Some(raw) if raw.get() == "null" => (false, None),
+            Some(raw) => {
+                let options: StreamOptions = serde_json::from_str(raw.get()).map_err(|_| {
+                    ApiError::invalid_field(
+                        "stream_options",
+                        "expected an object like {\"include_usage\": true}",
+                    )
+                })?;
+                let start = offset_in(body, raw.get().as_bytes());
+                (
+                    options.include_usage == Some(true),
+                    Some((start, start + raw.get().len())),
+                )
+            }
+        };
         let start = offset_in(body, model_raw.get().as_bytes());
         Ok(RequestHead {
             model,
             stream,
+            include_usage,
             model_span: (start, start + model_raw.get().len()),
+            stream_options_span,
         })
     }
 
-    /// The body with `model` replaced by `upstream_model`; the same bytes when it is unchanged.
-    pub fn rewrite_model(&self, body: &Bytes, upstream_model: &str) -> Bytes {
-        if upstream_model == self.model {
+    /// The body with `model` replaced by `upstream_model` and, with `ask_usage` on a stream
+    /// whose client did not ask, `stream_options.include_usage` set; the same bytes when nothing
+    /// changes.
+    pub fn rewrite(&self, body: &Bytes, upstream_model: &str, ask_usage: bool) -> Bytes {
+        let mut edits: Vec<(usize, usize, String)> = Vec::with_capacity(2);
+        if upstream_model != self.model {
+            let quoted = serde_json::Value::from(upstream_model).to_string();
+            edits.push((self.model_span.0, self.model_span.1, quoted));
+        }
+        if ask_usage && self.stream && !self.include_usage {
+            match self.stream_options_span {
+                Some((start, end)) => {
+                    let mut options: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_slice(&body[start..end]).unwrap_or_default();
+                    options.insert("include_usage".to_owned(), true.into());
+                    edits.push((start, end, serde_json::Value::Object(options).to_string()));
+                }
+                None => {
+                    let open = body.iter().position(|b| *b == b'{').map_or(0, |at| at + 1);
+                    edits.push((
+                        open,
+                        open,
+                        r#""stream_options":{"include_usage":true},"#.to_owned(),
+                    ));
+                }
+            }
+        }
+        if edits.is_empty() {
             return body.clone();
         }
-        let quoted = serde_json::Value::from(upstream_model).to_string();
-        let (start, end) = self.model_span;
-        let mut out = BytesMut::with_capacity(body.len() - (end - start) + quoted.len());
-        out.extend_from_slice(&body[..start]);
-        out.extend_from_slice(quoted.as_bytes());
-        out.extend_from_slice(&body[end..]);
+        edits.sort_by_key(|edit| edit.0);
+        let added: usize = edits.iter().map(|(_, _, text)| text.len()).sum();
+        let mut out = BytesMut::with_capacity(body.len() + added);
+        let mut at = 0;
+        for (start, end, text) in &edits {
+            out.extend_from_slice(&body[at..*start]);
+            out.extend_from_slice(text.as_bytes());
+            at = *end;
+        }
+        out.extend_from_slice(&body[at..]);
         out.freeze()
+    }
+
+    /// The body with `model` replaced by `upstream_model`.
+    pub fn rewrite_model(&self, body: &Bytes, upstream_model: &str) -> Bytes {
+        self.rewrite(body, upstream_model, false)
     }
 }
 
@@ -103,6 +168,39 @@ mod tests {
             std::str::from_utf8(&out).unwrap(),
             r#"{"messages":[{"role":"user","content":"hi"}], "model" : "gpt-4.1", "x_unknown":{"a":[1,2]},"stream":true}"#
         );
+    }
+
+    #[test]
+    fn usage_is_asked_for_in_streams() {
+        let body = Bytes::from_static(br#"{"model":"a","stream":true,"messages":[]}"#);
+        let head = RequestHead::parse(&body).unwrap();
+        assert!(!head.include_usage);
+        let out = head.rewrite(&body, "b", true);
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["model"], "b");
+        assert_eq!(value["stream_options"]["include_usage"], true);
+        assert_eq!(value["messages"], serde_json::json!([]));
+
+        let body = Bytes::from_static(
+            br#"{"stream_options":{"include_usage":false,"x":1},"model":"a","stream":true}"#,
+        );
+        let head = RequestHead::parse(&body).unwrap();
+        let out = head.rewrite(&body, "a", true);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"stream_options":{"include_usage":true,"x":1},"model":"a","stream":true}"#
+        );
+        // Already asked, or not a stream: untouched.
+        let body = Bytes::from_static(
+            br#"{"model":"a","stream":true,"stream_options":{"include_usage":true}}"#,
+        );
+        let head = RequestHead::parse(&body).unwrap();
+        assert!(head.include_usage);
+        assert_eq!(head.rewrite(&body, "a", true).as_ptr(), body.as_ptr());
+        let body = Bytes::from_static(br#"{"model":"a"}"#);
+        let head = RequestHead::parse(&body).unwrap();
+        assert_eq!(head.rewrite(&body, "a", true).as_ptr(), body.as_ptr());
+        assert!(RequestHead::parse(br#"{"model":"a","stream_options":5}"#).is_err());
     }
 
     #[test]

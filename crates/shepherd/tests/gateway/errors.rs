@@ -189,17 +189,28 @@ async fn upstream_4xx_passes_through_with_keys_redacted() {
     let chat = json!({"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]});
     let response = h
         .chat(chat.clone())
-        .header("x-mock-status", "401")
+        .header("x-mock-status", "403")
         .header("x-mock-echo-key", "1")
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 401);
+    assert_eq!(response.status(), 403);
     let text = response.text().await.unwrap();
     assert!(!text.contains(UPSTREAM_KEY), "upstream key leaked: {text}");
     assert!(text.contains("[REDACTED]"), "{text}");
     let body: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert!(body["error"]["message"].is_string());
+
+    // A refused upstream key is the gateway's problem, not the client's: 502, and no key.
+    let refused = h
+        .chat(chat.clone())
+        .header("x-mock-status", "401")
+        .header("x-mock-echo-key", "1")
+        .send()
+        .await
+        .unwrap();
+    let body = expect(refused, 502, "upstream_auth_failed").await;
+    assert!(!body.to_string().contains(UPSTREAM_KEY), "{body}");
 
     let limited = h
         .chat(chat.clone())

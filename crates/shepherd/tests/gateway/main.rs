@@ -3,6 +3,7 @@
 
 mod check;
 mod common;
+mod conformance;
 mod errors;
 mod passthrough;
 mod shutdown;

@@ -174,7 +174,15 @@ async fn model_list_shows_only_the_keys_models() {
         .unwrap();
     assert_eq!(
         ids(json_of(all).await),
-        ["gpt-4.1", "gpt-embed", "gpt-dead", "local-mock"]
+        [
+            "gpt-4.1",
+            "gpt-embed",
+            "gpt-dead",
+            "local-mock",
+            "claude-x",
+            "gemini-x",
+            "gemini-embed"
+        ]
     );
     let limited = h
         .client

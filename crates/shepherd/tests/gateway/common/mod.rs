@@ -21,6 +21,7 @@ pub struct Harness {
 
 /// The config of the harness; `server_extra` goes under `server:` (indented by the caller).
 pub fn config_yaml(upstream_base: &str, server_extra: &str) -> String {
+    let upstream_root = upstream_base.trim_end_matches("/v1");
     format!(
         "\
 server:
@@ -32,6 +33,8 @@ server:
 {server_extra}
 providers:
   up: {{kind: openai, base_url: '{upstream_base}', api_keys: ['{UPSTREAM_KEY}']}}
+  anth: {{kind: anthropic, base_url: '{upstream_root}', api_keys: ['{UPSTREAM_KEY}'], default_max_tokens: 256}}
+  gem: {{kind: gemini, base_url: '{upstream_root}', api_keys: ['{UPSTREAM_KEY}']}}
   dead: {{kind: openai, base_url: 'http://127.0.0.1:9/v1', api_keys: ['sk-dead-upstream-key-000']}}
   builtin: {{kind: mock}}
 models:
@@ -43,6 +46,12 @@ models:
     deployments: [{{provider: dead}}]
   local-mock:
     deployments: [{{provider: builtin, model: mock-1}}]
+  claude-x:
+    deployments: [{{provider: anth, model: claude-sonnet-4-5}}]
+  gemini-x:
+    deployments: [{{provider: gem, model: gemini-2.5-flash}}]
+  gemini-embed:
+    deployments: [{{provider: gem, model: text-embedding-004}}]
 keys:
   - {{name: all-models, key: {CLIENT_KEY}}}
   - {{name: limited, key: {LIMITED_KEY}, models: ['local-*']}}

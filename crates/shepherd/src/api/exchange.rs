@@ -1,0 +1,176 @@
+//! Planning one upstream exchange: which operation to call and with which body, and how its
+//! answer reaches the client. Same protocol in and out: the body passes with the model rewritten
+//! (and, for OpenAI streams, usage asked for). Different protocols: the request is decoded into
+//! the canonical form and encoded for the upstream, and the answer is translated back.
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::errors::ApiError;
+use crate::config::Wire;
+use crate::providers::{Endpoint, Operation};
+use crate::routing::Deployment;
+use crate::translate::ir::{self, Part, Request};
+use crate::translate::{self, TranslateError, anthropic, gemini, openai};
+use crate::wire::openai::RequestHead;
+
+/// What to send upstream, and how the answer comes back.
+#[derive(Debug)]
+pub struct Exchange {
+    pub operation: Operation,
+    pub body: Bytes,
+    pub conversion: Conversion,
+    /// Prompt tokens as estimated by the gateway, for when the upstream reports none.
+    pub prompt_estimate: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum Conversion {
+    /// Same protocol: bytes pass; usage is read on the side.
+    Passthrough {
+        wire: Wire,
+        /// The gateway asked an OpenAI upstream for the usage chunk the client did not want.
+        hide_usage_chunk: bool,
+    },
+    /// Different protocols: the answer is decoded from `upstream` and encoded for `endpoint`.
+    Translate(Translation),
+}
+
+#[derive(Debug, Clone)]
+pub struct Translation {
+    /// The client's route (and so its protocol).
+    pub endpoint: Endpoint,
+    pub upstream: Wire,
+    /// An OpenAI client asked for the usage chunk of its stream.
+    pub include_usage: bool,
+    /// The model shown when the upstream names none.
+    pub model: String,
+    /// Embeddings answered by Gemini: base64 asked, and the token estimate.
+    pub embeddings_base64: bool,
+}
+
+/// Plans the exchange of a request with `deployment`.
+pub fn plan(
+    endpoint: Endpoint,
+    head: &RequestHead,
+    body: &Bytes,
+    deployment: &Deployment,
+    stream: bool,
+) -> Result<Exchange, ApiError> {
+    let upstream = deployment.provider.wire();
+    let model = &*deployment.upstream_model;
+    if endpoint.wire() == upstream {
+        let operation = match endpoint {
+            Endpoint::ChatCompletions => Operation::ChatCompletions,
+            Endpoint::Completions => Operation::Completions,
+            Endpoint::Embeddings => Operation::Embeddings,
+            Endpoint::Messages => Operation::Messages,
+        };
+        let ask_usage = upstream == Wire::OpenAi && endpoint != Endpoint::Embeddings;
+        return Ok(Exchange {
+            operation,
+            body: head.rewrite(body, model, ask_usage),
+            conversion: Conversion::Passthrough {
+                wire: upstream,
+                hide_usage_chunk: ask_usage && stream && !head.include_usage,
+            },
+            prompt_estimate: ir::estimate_tokens(body.len()),
+        });
+    }
+    let translation = Translation {
+        endpoint,
+        upstream,
+        include_usage: head.include_usage,
+        model: model.to_owned(),
+        embeddings_base64: false,
+    };
+    if endpoint == Endpoint::Embeddings {
+        return plan_embeddings(body, deployment, translation);
+    }
+    let mut request = match endpoint {
+        Endpoint::ChatCompletions => openai::request::decode_chat(body),
+        Endpoint::Completions => openai::request::decode_completion(body),
+        Endpoint::Messages => anthropic::request::decode(body),
+        Endpoint::Embeddings => Err(TranslateError::body("unreachable")),
+    }
+    .map_err(|error| untranslatable(&error))?;
+    request.model = model.to_owned();
+    request.stream = stream;
+    let (operation, encoded) = match upstream {
+        Wire::OpenAi => (
+            Operation::ChatCompletions,
+            openai::encode::encode_chat(&request),
+        ),
+        Wire::Anthropic => (
+            Operation::Messages,
+            anthropic::request::encode(&request, deployment.provider.default_max_tokens())
+                .map_err(|error| untranslatable(&error))?,
+        ),
+        Wire::Gemini => (
+            Operation::GenerateContent,
+            gemini::request::encode(&request).map_err(|error| untranslatable(&error))?,
+        ),
+    };
+    Ok(Exchange {
+        operation,
+        body: Bytes::from(encoded.to_string()),
+        conversion: Conversion::Translate(translation),
+        prompt_estimate: prompt_estimate(&request),
+    })
+}
+
+fn plan_embeddings(
+    body: &Bytes,
+    deployment: &Deployment,
+    mut translation: Translation,
+) -> Result<Exchange, ApiError> {
+    if translation.upstream != Wire::Gemini {
+        return Err(ApiError::unsupported(format!(
+            "The model is served by `{}`, a {} provider, which has no embeddings.",
+            deployment.provider.name,
+            translation.upstream.as_str()
+        )));
+    }
+    #[derive(Deserialize)]
+    struct Format {
+        encoding_format: Option<String>,
+    }
+    let format: Format = translate::parse_body(body).map_err(|error| untranslatable(&error))?;
+    translation.embeddings_base64 = format.encoding_format.as_deref() == Some("base64");
+    let (encoded, inputs) = gemini::request::encode_embeddings(body, &deployment.upstream_model)
+        .map_err(|error| untranslatable(&error))?;
+    let chars: usize = inputs.iter().map(String::len).sum();
+    Ok(Exchange {
+        operation: Operation::BatchEmbed,
+        body: Bytes::from(encoded.to_string()),
+        conversion: Conversion::Translate(translation),
+        prompt_estimate: ir::estimate_tokens(chars),
+    })
+}
+
+fn untranslatable(error: &TranslateError) -> ApiError {
+    ApiError::untranslatable(error.field.as_deref(), &error.message)
+}
+
+/// Prompt tokens of a canonical request: its text, about four characters a token, plus a few
+/// tokens of framing per message.
+fn prompt_estimate(request: &Request) -> u64 {
+    let mut chars = request.system.as_ref().map_or(0, String::len);
+    for message in &request.messages {
+        chars += 16;
+        for part in &message.parts {
+            chars += match part {
+                Part::Text(text) => text.len(),
+                Part::ToolCall(call) => call.name.len() + call.arguments.len(),
+                Part::ToolResult(result) => translate::openai::encode::result_text(result).len(),
+                Part::Thinking { text, .. } => text.len(),
+                Part::Image(_) | Part::Document(_) => 1000,
+                Part::RedactedThinking(data) => data.len() / 4,
+            };
+        }
+    }
+    for tool in &request.tools {
+        chars += tool.name.len() + tool.parameters.to_string().len();
+    }
+    ir::estimate_tokens(chars)
+}

@@ -1,0 +1,234 @@
+//! Upstreams reached over HTTP, in each one's protocol: OpenAI-compatible (`Authorization:
+//! Bearer`), Anthropic (`x-api-key` + `anthropic-version`) and Gemini (`x-goog-api-key`, the model
+//! in the URL). The body goes up as prepared and comes back as bytes.
+
+use axum::http::{HeaderName, HeaderValue, Method, Request, Uri, header};
+use futures_util::StreamExt;
+use http_body_util::{BodyDataStream, Full};
+
+use super::http::{self, UpstreamClient};
+use super::{
+    Operation, UpstreamError, UpstreamRequest, UpstreamResponse, forwardable_request_headers,
+};
+use crate::config::{RemoteProvider, Secret, Timeouts, Wire};
+
+#[derive(Debug)]
+pub struct Remote {
+    wire: Wire,
+    base_url: String,
+    /// Full URL of each fixed endpoint, parsed once.
+    urls: EndpointUrls,
+    api_keys: Vec<Secret>,
+    /// The credential header of each key, built once.
+    auth: Vec<(HeaderName, HeaderValue)>,
+    /// Configured extra headers, and the protocol's own (e.g. `anthropic-version`).
+    extra_headers: Vec<(HeaderName, HeaderValue)>,
+    version: String,
+    default_max_tokens: u64,
+    client: UpstreamClient,
+}
+
+impl Remote {
+    pub fn new(config: &RemoteProvider, timeouts: &Timeouts) -> Result<Self, String> {
+        let mut auth = Vec::with_capacity(config.api_keys.len());
+        for key in &config.api_keys {
+            let (name, text) = match config.wire {
+                Wire::OpenAi => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+                Wire::Anthropic => (
+                    HeaderName::from_static("x-api-key"),
+                    key.expose().to_owned(),
+                ),
+                Wire::Gemini => (
+                    HeaderName::from_static("x-goog-api-key"),
+                    key.expose().to_owned(),
+                ),
+            };
+            let mut value = HeaderValue::from_str(&text).map_err(|_| {
+                "an upstream key holds characters not allowed in a header".to_owned()
+            })?;
+            value.set_sensitive(true);
+            auth.push((name, value));
+        }
+        let mut extra_headers = Vec::with_capacity(config.headers.len() + 1);
+        if config.wire == Wire::Anthropic {
+            let version = HeaderValue::from_str(&config.version)
+                .map_err(|_| format!("`{}` is not a valid anthropic-version", config.version))?;
+            extra_headers.push((HeaderName::from_static("anthropic-version"), version));
+        }
+        for (name, value) in &config.headers {
+            let name = HeaderName::try_from(name.as_str())
+                .map_err(|_| format!("`{name}` is not a valid header name"))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("the value of header `{name}` is not valid"))?;
+            extra_headers.push((name, value));
+        }
+        Ok(Remote {
+            wire: config.wire,
+            base_url: config.base_url.clone(),
+            urls: EndpointUrls::new(&config.base_url)?,
+            api_keys: config.api_keys.clone(),
+            auth,
+            extra_headers,
+            version: config.version.clone(),
+            default_max_tokens: config.default_max_tokens,
+            client: http::build_client(timeouts)?,
+        })
+    }
+
+    pub fn wire(&self) -> Wire {
+        self.wire
+    }
+
+    pub fn default_max_tokens(&self) -> u64 {
+        self.default_max_tokens
+    }
+
+    pub fn secrets(&self) -> &[Secret] {
+        &self.api_keys
+    }
+
+    /// The URL of an operation.
+    fn uri(&self, request: &UpstreamRequest<'_>) -> Result<Uri, UpstreamError> {
+        let fixed = match request.operation {
+            Operation::ChatCompletions => &self.urls.chat_completions,
+            Operation::Completions => &self.urls.completions,
+            Operation::Embeddings => &self.urls.embeddings,
+            Operation::Messages => &self.urls.messages,
+            Operation::GenerateContent | Operation::BatchEmbed => {
+                let method = match (request.operation, request.stream) {
+                    (Operation::BatchEmbed, _) => "batchEmbedContents",
+                    (_, true) => "streamGenerateContent?alt=sse",
+                    (_, false) => "generateContent",
+                };
+                return format!(
+                    "{}/{}/models/{}:{method}",
+                    self.base_url,
+                    self.version,
+                    encode_path_segment(request.model)
+                )
+                .parse::<Uri>()
+                .map_err(|error| UpstreamError::Transport(format!("bad upstream URL: {error}")));
+            }
+        };
+        Ok(fixed.clone())
+    }
+
+    pub async fn send(
+        &self,
+        request: UpstreamRequest<'_>,
+        sequence: u64,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let uri = self.uri(&request)?;
+        let mut headers = forwardable_request_headers(request.client_headers);
+        for (name, value) in &self.extra_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if !self.auth.is_empty() {
+            let index = usize::try_from(sequence % self.auth.len() as u64).unwrap_or(0);
+            let (name, value) = &self.auth[index];
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Ok(id) = HeaderValue::from_str(request.request_id) {
+            headers.insert(HeaderName::from_static("x-request-id"), id);
+        }
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let mut outgoing = Request::new(Full::new(request.body));
+        *outgoing.method_mut() = Method::POST;
+        *outgoing.uri_mut() = uri;
+        *outgoing.headers_mut() = headers;
+        let response = self
+            .client
+            .request(outgoing)
+            .await
+            .map_err(|error| classify(&error))?;
+        let (parts, body) = response.into_parts();
+        let body = BodyDataStream::new(body)
+            .map(|chunk| chunk.map_err(|error| UpstreamError::Transport(describe(&error))));
+        Ok(UpstreamResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body: Box::pin(body),
+        })
+    }
+}
+
+/// A model name as one URL path segment (Gemini names are plain, but a config may hold anything).
+fn encode_path_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The upstream URL of every fixed endpoint, so that no request parses a URL.
+#[derive(Debug)]
+struct EndpointUrls {
+    chat_completions: Uri,
+    completions: Uri,
+    embeddings: Uri,
+    messages: Uri,
+}
+
+impl EndpointUrls {
+    fn new(base_url: &str) -> Result<Self, String> {
+        let parse = |path: &str| {
+            format!("{base_url}{path}")
+                .parse::<Uri>()
+                .map_err(|error| format!("`{base_url}` is not a valid base URL: {error}"))
+        };
+        Ok(EndpointUrls {
+            chat_completions: parse("/chat/completions")?,
+            completions: parse("/completions")?,
+            embeddings: parse("/embeddings")?,
+            messages: parse("/v1/messages")?,
+        })
+    }
+}
+
+/// The innermost cause of an error, in words a client may read (no URL with secrets in it).
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut detail = error.to_string();
+    let mut source = error.source();
+    while let Some(current) = source {
+        detail = current.to_string();
+        source = current.source();
+    }
+    detail.replace(|c: char| c.is_control(), " ")
+}
+
+/// A failed request: connect timeouts, refused connections and broken exchanges told apart.
+fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return UpstreamError::Timeout(describe(error));
+            }
+        }
+        source = current.source();
+    }
+    if error.is_connect() {
+        UpstreamError::Connect(describe(error))
+    } else {
+        UpstreamError::Transport(describe(error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_escaped() {
+        assert_eq!(encode_path_segment("gemini-2.5-flash"), "gemini-2.5-flash");
+        assert_eq!(encode_path_segment("a/b c"), "a%2Fb%20c");
+    }
+}
