@@ -5,7 +5,7 @@
 //! marker ends the stream with the client protocol's error event, never a fake end. Dropping the
 //! relay (client gone) drops the upstream call.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use memchr::memmem;
 use serde_json::Value;
 use tokio::time::{Instant, timeout_at};
 
@@ -25,7 +26,7 @@ use crate::translate::errors::{UpstreamFailure, from_anthropic, from_openai};
 use crate::translate::ir::{Event, Usage, UsageSource};
 use crate::translate::stream::{self as events, DecodeError, Decoder, Encoder};
 use crate::translate::{anthropic, openai};
-use crate::wire::sse::EventSplitter;
+use crate::wire::sse::{EventSplitter, data_payloads};
 
 /// How events cross from the upstream to the client.
 pub enum Mode {
@@ -368,36 +369,42 @@ impl Relay {
 }
 
 /// Watches passed-through events (end marker, usage, the upstream's error event); returns what
-/// to forward: the same bytes, or the events minus a hidden usage chunk.
+/// to forward: the same bytes, or the events minus a hidden usage chunk. Runs per chunk: OpenAI
+/// events are scanned as bytes, and parsed only for the usage chunk.
 fn watch_events(watch: &mut Watch, whole: Bytes) -> Option<Bytes> {
     let mut hidden = false;
-    for event in events::events(&whole) {
-        let data = event.data.trim();
-        match watch.wire {
-            Wire::Anthropic => match event.name.unwrap_or_default() {
-                "message_start" | "message_delta" => {
-                    if let Ok(value) = serde_json::from_str::<Value>(data) {
-                        let usage = value
-                            .get("message")
-                            .map_or(&value["usage"], |message| &message["usage"]);
-                        if usage.is_object() {
-                            let base = watch.usage.unwrap_or_default();
-                            watch.usage = Some(anthropic::response::usage_of(usage, base));
+    match watch.wire {
+        Wire::Anthropic => {
+            for event in events::events(&whole) {
+                match event.name.unwrap_or_default() {
+                    "message_start" | "message_delta" => {
+                        if let Ok(value) = serde_json::from_str::<Value>(event.data.trim()) {
+                            let usage = value
+                                .get("message")
+                                .map_or(&value["usage"], |message| &message["usage"]);
+                            if usage.is_object() {
+                                let base = watch.usage.unwrap_or_default();
+                                watch.usage = Some(anthropic::response::usage_of(usage, base));
+                            }
                         }
                     }
+                    "content_block_delta" => {
+                        watch.output_chars += content_chars(event.data.as_bytes());
+                    }
+                    "message_stop" => watch.done = true,
+                    "error" => watch.failed = true,
+                    _ => {}
                 }
-                "content_block_delta" => watch.output_chars += content_chars(data),
-                "message_stop" => watch.done = true,
-                "error" => watch.failed = true,
-                _ => {}
-            },
-            _ => {
-                if data == "[DONE]" {
+            }
+        }
+        _ => {
+            for data in data_payloads(&whole) {
+                if data == b"[DONE]" {
                     watch.done = true;
-                } else if data.starts_with("{\"error\"") {
+                } else if data.starts_with(b"{\"error\"") {
                     watch.failed = true;
-                } else if data.contains("\"usage\":{") {
-                    if let Ok(value) = serde_json::from_str::<Value>(data) {
+                } else if memmem::find(data, b"\"usage\":{").is_some() {
+                    if let Ok(value) = serde_json::from_slice::<Value>(data) {
                         watch.usage = openai::response::usage_of(&value["usage"]).or(watch.usage);
                         let no_choices = value["choices"].as_array().is_none_or(Vec::is_empty);
                         hidden |= watch.hide_usage_chunk && no_choices;
@@ -428,28 +435,34 @@ fn watch_events(watch: &mut Watch, whole: Bytes) -> Option<Bytes> {
     (!out.is_empty()).then(|| out.freeze())
 }
 
-/// Characters of generated text in a chunk (`content`, `text`, tool `arguments`, Anthropic
-/// `partial_json` and `thinking` strings), for a usage estimate when the upstream reports none.
-fn content_chars(data: &str) -> usize {
+/// The JSON string fields that hold generated text: OpenAI `content`, `text` and tool
+/// `arguments`, Anthropic `text`, `partial_json` and `thinking` deltas.
+static TEXT_FIELDS: LazyLock<[memmem::Finder<'static>; 5]> = LazyLock::new(|| {
     [
-        "\"content\":\"",
-        "\"text\":\"",
-        "\"arguments\":\"",
-        "\"partial_json\":\"",
-        "\"thinking\":\"",
+        memmem::Finder::new(b"\"content\":\""),
+        memmem::Finder::new(b"\"text\":\""),
+        memmem::Finder::new(b"\"arguments\":\""),
+        memmem::Finder::new(b"\"partial_json\":\""),
+        memmem::Finder::new(b"\"thinking\":\""),
     ]
-    .iter()
-    .map(|key| {
-        data.match_indices(key)
-            .map(|(at, _)| string_length(&data[at + key.len()..]))
-            .sum::<usize>()
-    })
-    .sum()
+});
+
+/// Characters of generated text in one event, for a usage estimate when the upstream reports
+/// none.
+fn content_chars(data: &[u8]) -> usize {
+    TEXT_FIELDS
+        .iter()
+        .map(|finder| {
+            finder
+                .find_iter(data)
+                .map(|at| string_length(&data[at + finder.needle().len()..]))
+                .sum::<usize>()
+        })
+        .sum()
 }
 
 /// Length of a JSON string body up to its closing quote.
-fn string_length(rest: &str) -> usize {
-    let bytes = rest.as_bytes();
+fn string_length(bytes: &[u8]) -> usize {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -511,11 +524,11 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
 
     #[test]
     fn content_characters() {
-        assert_eq!(content_chars(r#"{"delta":{"content":"a\"b"}}"#), 4);
+        assert_eq!(content_chars(br#"{"delta":{"content":"a\"b"}}"#), 4);
         assert_eq!(
-            content_chars(r#"{"delta":{"tool_calls":[{"function":{"arguments":"{}"}}]}}"#),
+            content_chars(br#"{"delta":{"tool_calls":[{"function":{"arguments":"{}"}}]}}"#),
             2
         );
-        assert_eq!(content_chars(r#"{"delta":{"content":null}}"#), 0);
+        assert_eq!(content_chars(br#"{"delta":{"content":null}}"#), 0);
     }
 }

@@ -141,6 +141,10 @@ async fn sigterm_drains_in_flight_streams_and_refuses_new_work() {
     assert!(stream_line["bytes_out"].as_u64().unwrap() > 100);
     assert!(stream_line["upstream_first_byte_ms"].as_f64().is_some());
     assert!(stream_line["total_ms"].as_f64().unwrap() >= 1000.0);
+    // The client asked for no usage; the gateway did, and accounted for the stream.
+    assert_eq!(stream_line["usage"], "reported");
+    assert!(stream_line["prompt_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(stream_line["completion_tokens"], 10);
     assert!(
         !access_lines
             .iter()

@@ -44,6 +44,30 @@ async fn plain_answer_and_stream_agree() {
         assert_eq!(answer.finish, "stop", "{case}");
         let (input, output, _) = answer.usage.expect("usage");
         assert!(input > 0 && output > 0, "{case}: {answer:?}");
+        let received = h.mock.requests().pop().unwrap();
+        let credential = match upstream {
+            Upstream::OpenAi => received.header("authorization").map(str::to_owned),
+            Upstream::Anthropic => {
+                assert_eq!(
+                    received.header("anthropic-version"),
+                    Some("2023-06-01"),
+                    "{case}"
+                );
+                received.header("x-api-key").map(str::to_owned)
+            }
+            Upstream::Gemini => received.header("x-goog-api-key").map(str::to_owned),
+        };
+        assert!(
+            credential.unwrap().ends_with(UPSTREAM_KEY),
+            "{case}: the provider's key"
+        );
+        assert!(
+            received
+                .headers
+                .iter()
+                .all(|(_, value)| !value.contains(CLIENT_KEY)),
+            "{case}: the client's key never goes upstream"
+        );
         let (path, sent) = upstream_request(&h);
         match upstream {
             Upstream::OpenAi => assert_eq!(sent["model"], "upstream-gpt-4.1", "{case}"),
@@ -356,6 +380,42 @@ async fn cached_prompt_tokens_are_counted_once() {
             Client::Anthropic => assert_eq!(raw["usage"]["input_tokens"], plain_input, "{case}"),
         }
     }
+}
+
+#[tokio::test]
+async fn filtered_answers_and_reasoning_tokens() {
+    let h = start().await;
+    for (client, upstream) in PAIRS {
+        let case = format!("{client:?} -> {upstream:?}");
+        let reason = match upstream {
+            Upstream::OpenAi => "content_filter",
+            Upstream::Anthropic => "refusal",
+            Upstream::Gemini => "SAFETY",
+        };
+        let request = body(client, upstream.model(), &Conv::user("Something unsafe"));
+        let response = send(&h, client, &request)
+            .header("x-mock-finish-reason", reason)
+            .send()
+            .await
+            .unwrap();
+        let answer = answer(client, &json_of(response).await);
+        assert_eq!(answer.finish, "content_filter", "{case}: {answer:?}");
+    }
+    // Gemini's thinking tokens are output tokens, reported as reasoning to OpenAI clients.
+    let request = body(Client::OpenAi, "gemini-x", &Conv::user("Think hard"));
+    let plain = json_of(send(&h, Client::OpenAi, &request).send().await.unwrap()).await;
+    let thinking = send(&h, Client::OpenAi, &request)
+        .header("x-mock-thoughts-tokens", "40")
+        .send()
+        .await
+        .unwrap();
+    let thinking = json_of(thinking).await;
+    let completion = |body: &Value| body["usage"]["completion_tokens"].as_u64().unwrap();
+    assert_eq!(completion(&thinking), completion(&plain) + 40, "{thinking}");
+    assert_eq!(
+        thinking["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        40
+    );
 }
 
 #[tokio::test]
