@@ -44,6 +44,12 @@ pub struct Behavior {
     /// Gemini: report this many thinking tokens (`usageMetadata.thoughtsTokenCount`, included in
     /// `totalTokenCount`).
     pub thoughts_tokens: Option<u64>,
+    /// Server-wide only: `status` and `retry_after` apply to the next N requests, after which the
+    /// server answers normally again (a 429 storm that ends, an outage that heals).
+    pub fail_times: Option<u64>,
+    /// Server-wide only: requests presenting this upstream key get 401 (a revoked key among
+    /// several).
+    pub refuse_key: Option<String>,
 }
 
 /// The request headers that override [`Behavior`] fields.
@@ -164,6 +170,10 @@ impl Behavior {
                     out.finish_reason = Some(reason.to_owned());
                 }
                 "thoughts_tokens" => out.thoughts_tokens = Some(v.as_u64().ok_or_else(bad)?),
+                "fail_times" => out.fail_times = Some(v.as_u64().ok_or_else(bad)?),
+                "refuse_key" => {
+                    out.refuse_key = Some(v.as_str().ok_or_else(bad)?.to_owned());
+                }
                 _ => return Err(format!("unknown behavior field: {key}")),
             }
         }
@@ -193,6 +203,8 @@ impl Behavior {
         m.insert("cache_read_tokens".into(), self.cache_read_tokens.into());
         m.insert("finish_reason".into(), self.finish_reason.clone().into());
         m.insert("thoughts_tokens".into(), self.thoughts_tokens.into());
+        m.insert("fail_times".into(), self.fail_times.into());
+        m.insert("refuse_key".into(), self.refuse_key.clone().into());
         Value::Object(m)
     }
 
@@ -277,6 +289,8 @@ mod tests {
             cache_read_tokens: Some(7),
             finish_reason: Some("SAFETY".into()),
             thoughts_tokens: Some(9),
+            fail_times: Some(2),
+            refuse_key: Some("sk-old".into()),
             ..Behavior::default()
         };
         assert_eq!(Behavior::from_json(&b.to_json()).unwrap(), b);

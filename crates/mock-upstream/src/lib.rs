@@ -58,6 +58,8 @@ pub struct State {
     behavior: Mutex<Arc<Behavior>>,
     counters: Counters,
     next_id: AtomicU64,
+    /// Requests left to fail under a server-wide `fail_times`.
+    fail_remaining: AtomicU64,
 }
 
 impl State {
@@ -69,6 +71,7 @@ impl State {
             behavior: Mutex::new(Arc::new(Behavior::default())),
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
+            fail_remaining: AtomicU64::new(0),
         }
     }
 
@@ -82,9 +85,20 @@ impl State {
         Behavior::clone(&lock(&self.behavior))
     }
 
-    /// Sets the default behaviour applied to every request.
+    /// Sets the default behaviour applied to every request (`fail_times` starts counting now).
     pub fn set_behavior(&self, behavior: Behavior) {
+        self.fail_remaining
+            .store(behavior.fail_times.unwrap_or(0), Ordering::Relaxed);
         *lock(&self.behavior) = Arc::new(behavior);
+    }
+
+    /// Under a server-wide `fail_times`: whether this request is one of those that fail.
+    fn takes_a_failure(&self) -> bool {
+        self.fail_remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
     }
 
     /// Clears recorded requests, counters and the default behaviour.
@@ -232,10 +246,19 @@ async fn handle(
         let recorded = RecordedRequest::new(&parts, body.clone());
         lock(&state.requests).push(recorded);
     }
-    let behavior = match state.default_behavior().with_headers(&parts.headers) {
+    let mut behavior = match state.default_behavior().with_headers(&parts.headers) {
         Ok(b) => b,
         Err(message) => return Ok(Protocol::of(parts.uri.path()).invalid(message)),
     };
+    if behavior.fail_times.is_some() && !state.takes_a_failure() {
+        behavior.status = None;
+        behavior.retry_after = None;
+    }
+    if let Some(refused) = &behavior.refuse_key {
+        if route::presented_key(&parts) == *refused {
+            behavior.status = Some(401);
+        }
+    }
     if let Some(ms) = behavior.latency_ms.filter(|ms| *ms > 0) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }

@@ -125,6 +125,11 @@ pub(crate) fn strip_version(path: &str) -> &str {
 /// The API key the client sent, looked up where the protocol puts it first: OpenAI a bearer
 /// token, Anthropic `x-api-key`, Gemini `x-goog-api-key` or the `key` query parameter; then
 /// the other places.
+/// The upstream key a request presents, in its protocol's place.
+pub(crate) fn presented_key(parts: &Parts) -> String {
+    upstream_key(Protocol::of(parts.uri.path()), parts)
+}
+
 fn upstream_key(protocol: Protocol, parts: &Parts) -> String {
     let bearer = || bearer_token(&parts.headers);
     let header = |name: &str| header_value(&parts.headers, name);

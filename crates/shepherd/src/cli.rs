@@ -101,7 +101,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let running = crate::server::start(config).await?;
+        let running = crate::server::start_watching(config, path.to_path_buf()).await?;
         tracing::info!(config = %path.display(), addr = %running.addr, "ready");
         crate::server::shutdown_signal().await;
         tracing::info!("shutdown requested; draining in-flight requests");

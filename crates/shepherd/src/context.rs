@@ -89,6 +89,9 @@ impl RequestContext {
         change(&mut fields);
     }
 
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
     pub fn set_key(&self, name: Arc<str>) {
         self.update(|f| f.key_name = Some(name));
     }

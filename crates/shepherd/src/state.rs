@@ -1,35 +1,162 @@
-//! `AppState`: everything a handler needs, built once from a validated config, behind one `Arc`.
+//! `AppState`: what every handler shares, behind one `Arc`. The parts built from the config live
+//! in a `Runtime` that a reload replaces whole (requests in flight keep the one they started
+//! with); what must outlive a reload (breakers, latency, in-flight counts) lives in the health
+//! registry, keyed by deployment and key name.
 
-use std::sync::atomic::AtomicBool;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::task::JoinHandle;
 
 use crate::api::auth::KeyTable;
 use crate::config::Config;
 use crate::routing::ModelTable;
+use crate::routing::health::Registry;
 
+/// Everything built from one config.
 #[derive(Debug)]
-pub struct AppState {
+pub struct Runtime {
     pub config: Config,
     pub models: ModelTable,
     pub keys: KeyTable,
-    /// Set on SIGTERM: `/readyz` answers 503 while in-flight work drains.
-    pub draining: AtomicBool,
     /// Unix time the config was loaded (the `created` of `/v1/models` entries).
     pub loaded_at: u64,
+    /// Active health checks of this runtime's providers; stopped with it.
+    health_checks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for check in &self.health_checks {
+            check.abort();
+        }
+    }
+}
+
+/// Config reloads so far, for metrics and logs.
+#[derive(Debug, Default)]
+pub struct ReloadCounts {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct AppState {
+    runtime: RwLock<Arc<Runtime>>,
+    pub health: Registry,
+    /// Set on SIGTERM: `/readyz` answers 503 while in-flight work drains.
+    pub draining: AtomicBool,
+    pub reloads: ReloadCounts,
+    /// The config file, when the config came from one (reloads read it again).
+    pub config_path: Option<PathBuf>,
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Result<Self, String> {
-        let models = ModelTable::new(&config)?;
-        let keys = KeyTable::new(&config.keys);
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Self, String> {
+        let health = Registry::default();
+        let runtime = build(config, &health)?;
         Ok(AppState {
-            config,
-            models,
-            keys,
+            runtime: RwLock::new(Arc::new(runtime)),
+            health,
             draining: AtomicBool::new(false),
-            loaded_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            reloads: ReloadCounts::default(),
+            config_path,
         })
     }
+
+    /// The current runtime; a request keeps it until it is done.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        match self.runtime.read() {
+            Ok(runtime) => runtime.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the runtime with one built from `config`. Settings that only apply at start
+    /// (listener, shutdown grace, CORS, log format) are reported and keep their old value.
+    pub fn apply(&self, config: Config) -> Result<(), String> {
+        let old = self.runtime();
+        for note in restart_only_changes(&old.config, &config) {
+            tracing::warn!(
+                setting = note,
+                "changed in the config file; takes effect at the next restart"
+            );
+        }
+        let runtime = Arc::new(build(config, &self.health)?);
+        let mut names: std::collections::HashSet<String> = runtime
+            .models
+            .deployment_names()
+            .map(str::to_owned)
+            .collect();
+        for provider in runtime.models.providers() {
+            names.extend(provider.key_labels());
+        }
+        match self.runtime.write() {
+            Ok(mut current) => *current = runtime,
+            Err(poisoned) => *poisoned.into_inner() = runtime,
+        }
+        // Forget the state of deployments and keys that are gone.
+        self.health.retain(|name| names.contains(name));
+        Ok(())
+    }
+
+    /// Reads the config file again and applies it; a bad file is refused and the running
+    /// config keeps serving.
+    pub fn reload(&self) -> Result<(), String> {
+        let outcome = match &self.config_path {
+            None => Err("the config did not come from a file".to_owned()),
+            Some(path) => crate::config::load_file(path)
+                .map_err(|problems| problems.to_string())
+                .and_then(|config| self.apply(config)),
+        };
+        match &outcome {
+            Ok(()) => {
+                self.reloads.succeeded.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("config reloaded");
+            }
+            Err(problems) => {
+                self.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%problems, "config reload refused; the running config keeps serving");
+            }
+        }
+        outcome
+    }
+}
+
+fn build(config: Config, health: &Registry) -> Result<Runtime, String> {
+    let models = ModelTable::new(&config, health)?;
+    let keys = KeyTable::new(&config.keys);
+    let health_checks = crate::routing::health::spawn_checks(&models, &config.circuit);
+    Ok(Runtime {
+        config,
+        models,
+        keys,
+        loaded_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        health_checks,
+    })
+}
+
+/// Settings read once at start whose change a reload cannot apply.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.server.listen != new.server.listen {
+        changed.push("server.listen");
+    }
+    if old.server.shutdown_grace != new.server.shutdown_grace {
+        changed.push("server.shutdown_grace");
+    }
+    if format!("{:?}", old.server.cors) != format!("{:?}", new.server.cors) {
+        changed.push("server.cors");
+    }
+    if old.telemetry.access_log != new.telemetry.access_log
+        || old.telemetry.log_format != new.telemetry.log_format
+        || old.telemetry.log_level != new.telemetry.log_level
+    {
+        changed.push("telemetry");
+    }
+    changed
 }

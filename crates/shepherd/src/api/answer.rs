@@ -14,6 +14,7 @@ use super::exchange::{Conversion, Exchange, Translation};
 use crate::config::{Secret, Wire};
 use crate::context::RequestContext;
 use crate::providers::{Endpoint, redact_secrets};
+use crate::translate::errors::ErrorKind;
 use crate::translate::ir::{self, Response as Answer, Usage, UsageSource};
 use crate::translate::{anthropic, errors, gemini, openai};
 
@@ -176,6 +177,16 @@ pub fn whole_response(status: StatusCode, headers: HeaderMap, body: Bytes) -> Re
     response
 }
 
+/// An upstream error, classified, and what the client gets if it is the last word.
+#[derive(Debug)]
+pub struct UpstreamErrorAnswer {
+    /// A passed-through error body, or an error in the client's shape.
+    pub answer: Result<Response, ApiError>,
+    pub kind: ErrorKind,
+    /// The upstream's own error code, when it says one (OpenAI `code`).
+    pub code: Option<String>,
+}
+
 /// An upstream error answer in the client's protocol. Same protocol: passed through with its
 /// status when it is a JSON error body (secrets redacted), except that a refused upstream key
 /// (401) is the gateway's problem, not the client's: 502. Different protocols: classified and
@@ -187,22 +198,32 @@ pub fn upstream_error(
     headers: HeaderMap,
     body: &Bytes,
     secrets: &[Secret],
-) -> Result<Response, ApiError> {
+) -> UpstreamErrorAnswer {
     let redacted = match redact_secrets(body, secrets) {
         Some(redacted) => Bytes::from(redacted),
         None => body.clone(),
     };
     let parsed: Option<Value> = serde_json::from_slice(&redacted).ok();
     let Some(parsed) = parsed.filter(|value| error_object(value).is_some()) else {
-        return Err(ApiError::upstream_bad_response(&format!(
-            "status {} with a body that is not an error object",
-            status.as_u16()
-        )));
+        return UpstreamErrorAnswer {
+            answer: Err(ApiError::upstream_bad_response(&format!(
+                "status {} with a body that is not an error object",
+                status.as_u16()
+            ))),
+            kind: ErrorKind::of_status(status.as_u16()),
+            code: None,
+        };
     };
     let upstream_wire = match &exchange.conversion {
         Conversion::Passthrough { wire, .. } => *wire,
         Conversion::Translate(translation) => translation.upstream,
     };
+    let failure = match upstream_wire {
+        Wire::OpenAi => errors::from_openai(status.as_u16(), &parsed),
+        Wire::Anthropic => errors::from_anthropic(status.as_u16(), &parsed),
+        Wire::Gemini => errors::from_gemini(status.as_u16(), &parsed),
+    };
+    let (kind, code) = (failure.kind, failure.code.clone());
     let passthrough = matches!(exchange.conversion, Conversion::Passthrough { .. });
     if passthrough && status != StatusCode::UNAUTHORIZED {
         // Anthropic's 529 means "overloaded"; OpenAI clients know 503 for it.
@@ -215,22 +236,23 @@ pub fn upstream_error(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        return Ok(response);
+        return UpstreamErrorAnswer {
+            answer: Ok(response),
+            kind,
+            code,
+        };
     }
-    let failure = match upstream_wire {
-        Wire::OpenAi => errors::from_openai(status.as_u16(), &parsed),
-        Wire::Anthropic => errors::from_anthropic(status.as_u16(), &parsed),
-        Wire::Gemini => errors::from_gemini(status.as_u16(), &parsed),
-    };
-    tracing::warn!(status = status.as_u16(), kind = ?failure.kind, message = %failure.message,
-                   "upstream error");
     let mut error = ApiError::from_upstream(&failure, protocol);
     for name in ["retry-after", "retry-after-ms"] {
         if let Some(value) = headers.get(name) {
             error = error.with_header(HeaderName::from_static(name), value.clone());
         }
     }
-    Err(error)
+    UpstreamErrorAnswer {
+        answer: Err(error),
+        kind,
+        code,
+    }
 }
 
 /// The error object of an OpenAI, Anthropic or Gemini error body.

@@ -356,6 +356,31 @@ impl ApiError {
         .upstream()
     }
 
+    /// Every deployment of the model (and of its fallbacks) is out of service for now.
+    pub fn no_healthy_deployment(model: &str, retry_after: std::time::Duration) -> Self {
+        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        let seconds = seconds.max(1);
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable_error",
+            "no_healthy_deployment",
+            format!("No healthy deployment can serve '{model}' right now; retry in {seconds}s."),
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
+    }
+
+    /// The request came through too many Shepherd gateways (they are chained in a loop).
+    pub fn loop_detected(hops: u32, limit: u32) -> Self {
+        Self::new(
+            StatusCode::LOOP_DETECTED,
+            "invalid_request_error",
+            "loop_detected",
+            format!(
+                "The request passed {hops} gateways (limit {limit}); gateways may be chained in a loop."
+            ),
+        )
+    }
+
     pub fn shutting_down() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -393,6 +418,7 @@ impl ApiError {
             403 => "permission_error",
             404 => "not_found_error",
             409 => "conflict_error",
+            508 => "invalid_request_error",
             413 => "request_too_large",
             429 => "rate_limit_error",
             503 | 529 => "overloaded_error",

@@ -4,6 +4,7 @@
 
 mod answer;
 pub mod anthropic;
+mod attempts;
 pub mod auth;
 mod body;
 pub mod errors;
@@ -13,4 +14,4 @@ pub mod openai;
 mod proxy;
 mod relay;
 
-pub use proxy::DEPLOYMENT_HEADER;
+pub use attempts::{ATTEMPTS_HEADER, CANARY_HEADER, DEPLOYMENT_HEADER, FALLBACK_HEADER};

@@ -63,14 +63,15 @@ pub async fn models(
     Extension(ctx): Ctx,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key = state.keys.authenticate(&headers)?;
+    let runtime = state.runtime();
+    let key = runtime.keys.authenticate(&headers)?;
     ctx.set_key(key.name.clone());
-    let data: Vec<_> = state
+    let data: Vec<_> = runtime
         .models
         .names()
         .iter()
         .filter(|name| key.allows(name))
-        .map(|name| json!({"id": &**name, "object": "model", "created": state.loaded_at, "owned_by": "shepherd"}))
+        .map(|name| json!({"id": &**name, "object": "model", "created": runtime.loaded_at, "owned_by": "shepherd"}))
         .collect();
     Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
 }

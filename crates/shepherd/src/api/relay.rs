@@ -22,6 +22,7 @@ use super::errors::{ApiError, ClientProtocol};
 use crate::config::{Secret, Wire};
 use crate::context::RequestContext;
 use crate::providers::{UpstreamBody, redact_secrets};
+use crate::routing::health::InflightGuard;
 use crate::translate::errors::{UpstreamFailure, from_anthropic, from_openai};
 use crate::translate::ir::{Event, Usage, UsageSource};
 use crate::translate::stream::{self as events, DecodeError, Decoder, Encoder};
@@ -84,6 +85,8 @@ pub struct Settings {
     pub deadline: Instant,
     pub prompt_estimate: u64,
     pub secrets: Arc<[Secret]>,
+    /// Counts the stream as in flight on its deployment until it ends.
+    pub inflight: Option<InflightGuard>,
 }
 
 pub struct Relay {
@@ -258,6 +261,7 @@ impl Relay {
 
     fn end_of_upstream(&mut self) -> Option<Bytes> {
         self.finished = true;
+        self.settings.inflight = None;
         self.settings.ctx.set_upstream_done();
         match &mut self.mode {
             Mode::Passthrough(watch) if watch.done => {
@@ -311,6 +315,7 @@ impl Relay {
     /// Ends the stream with the client protocol's error event.
     fn fail(&mut self, error: ApiError) -> Option<Bytes> {
         self.finished = true;
+        self.settings.inflight = None;
         self.settings.ctx.set_upstream_done();
         self.settings.ctx.set_stream_failed(error.code);
         tracing::warn!(request_id = %self.settings.ctx.request_id, code = error.code,

@@ -16,6 +16,7 @@ use super::yaml::{self, LineIndex, index_path, join_path};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: usize = 10 * 1024 * 1024;
+const DEFAULT_MAX_HOPS: u32 = 5;
 
 /// Reads and validates a config file.
 pub fn load_file(path: &Path) -> Result<Config, Problems> {
@@ -53,19 +54,19 @@ pub fn load_str(
     }
 }
 
-struct Loader {
+pub(super) struct Loader {
     problems: Vec<Problem>,
     lines: LineIndex,
 }
 
 impl Loader {
-    fn problem(&mut self, field: &str, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, field: &str, message: impl Into<String>) {
         let line = self.lines.line_of(field);
         self.problems.push(Problem::at(line, field, message));
     }
 
     /// Deserializes one node; a failure becomes a problem at the exact field that failed.
-    fn section<T: DeserializeOwned>(&mut self, value: Value, path: &str) -> Option<T> {
+    pub(super) fn section<T: DeserializeOwned>(&mut self, value: Value, path: &str) -> Option<T> {
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(parsed) => Some(parsed),
             Err(error) => {
@@ -117,23 +118,29 @@ impl Loader {
             }
         }
         let mut take = |name: &str| root.remove(name).unwrap_or(Value::Null);
-        let (server, providers, models, keys, telemetry) = (
+        let (server, providers, models, keys, retry, circuit, telemetry) = (
             take("server"),
             take("providers"),
             take("models"),
             take("keys"),
+            take("retry"),
+            take("circuit"),
             take("telemetry"),
         );
         let server = self.server(server);
         let providers = self.providers(providers);
         let models = self.models(models, &providers);
         let keys = self.keys(keys);
+        let retry = self.retry(retry);
+        let circuit = self.circuit(circuit);
         let telemetry = self.telemetry(telemetry);
         Some(Config {
             server: server?,
             providers,
             models,
             keys,
+            retry: retry?,
+            circuit: circuit?,
             telemetry: telemetry?,
         })
     }
@@ -202,12 +209,16 @@ impl Loader {
                 }
             }
         }
+        if raw.max_hops == Some(0) {
+            self.problem("server.max_hops", "must be at least 1");
+        }
         Some(ServerConfig {
             listen,
             max_body,
             timeouts,
             shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
             cors,
+            max_hops: raw.max_hops.unwrap_or(DEFAULT_MAX_HOPS),
         })
     }
 
@@ -229,21 +240,35 @@ impl Loader {
             let Some(raw) = self.section::<RawProvider>(value, &path) else {
                 continue;
             };
+            let health_check = raw.health_check.as_ref().map(|check| HealthCheckConfig {
+                interval: check.interval.map_or(Duration::from_secs(30), |d| d.0),
+                timeout: check.timeout.map_or(Duration::from_secs(5), |d| d.0),
+            });
+            if let Some(check) = &health_check {
+                if check.interval.is_zero() || check.timeout.is_zero() {
+                    self.problem(
+                        &join_path(&path, "health_check"),
+                        "interval and timeout must be greater than zero",
+                    );
+                }
+            }
             let wire = match raw.kind {
                 RawProviderKind::Mock => {
                     if raw.base_url.is_some()
                         || !raw.api_keys.is_empty()
                         || raw.version.is_some()
                         || raw.default_max_tokens.is_some()
+                        || health_check.is_some()
                     {
                         self.problem(
                             &path,
-                            "a `mock` provider takes no base_url, api_keys, version or default_max_tokens",
+                            "a `mock` provider takes no base_url, api_keys, version, default_max_tokens or health_check",
                         );
                     }
                     out.push(ProviderConfig {
                         name: name.into(),
                         kind: ProviderKind::Mock,
+                        health_check: None,
                     });
                     continue;
                 }
@@ -258,6 +283,7 @@ impl Loader {
             out.push(ProviderConfig {
                 name: name.into(),
                 kind,
+                health_check,
             });
         }
         out
@@ -320,54 +346,6 @@ impl Loader {
             version: raw.version.unwrap_or_else(|| default_version.to_owned()),
             default_max_tokens: raw.default_max_tokens.unwrap_or(4096),
         })
-    }
-
-    fn models(&mut self, value: Value, providers: &[ProviderConfig]) -> Vec<ModelConfig> {
-        let entries = match value {
-            Value::Null => return Vec::new(),
-            Value::Object(map) => map,
-            _ => {
-                self.problem("models", "must be a mapping of model name -> deployments");
-                return Vec::new();
-            }
-        };
-        let known: HashSet<&str> = providers.iter().map(|p| &*p.name).collect();
-        let mut out = Vec::new();
-        for (name, value) in entries {
-            let path = join_path("models", &name);
-            let Some(raw) = self.section::<RawModel>(value, &path) else {
-                continue;
-            };
-            if raw.deployments.is_empty() {
-                self.problem(
-                    &join_path(&path, "deployments"),
-                    "needs at least one deployment",
-                );
-            }
-            let mut deployments = Vec::new();
-            for (n, deployment) in raw.deployments.into_iter().enumerate() {
-                let at = index_path(&join_path(&path, "deployments"), n);
-                if !known.contains(deployment.provider.as_str()) {
-                    self.problem(
-                        &join_path(&at, "provider"),
-                        format!("unknown provider `{}`", deployment.provider),
-                    );
-                }
-                if deployment.weight == Some(0) {
-                    self.problem(&join_path(&at, "weight"), "must be at least 1");
-                }
-                deployments.push(DeploymentConfig {
-                    provider: deployment.provider.into(),
-                    upstream_model: deployment.model.as_deref().unwrap_or(&name).into(),
-                    weight: deployment.weight.unwrap_or(1),
-                });
-            }
-            out.push(ModelConfig {
-                name: name.into(),
-                deployments,
-            });
-        }
-        out
     }
 
     fn keys(&mut self, value: Value) -> Vec<KeyConfig> {

@@ -5,6 +5,7 @@ mod load;
 mod model;
 mod problems;
 mod raw;
+mod routing;
 mod yaml;
 
 pub use load::{load_file, load_str};

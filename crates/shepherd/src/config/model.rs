@@ -30,7 +30,35 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
     pub keys: Vec<KeyConfig>,
+    pub retry: RetryConfig,
+    pub circuit: CircuitConfig,
     pub telemetry: TelemetryConfig,
+}
+
+/// The attempt loop: how often and how patiently a request is retried.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryConfig {
+    /// Upstream attempts per request, the first included.
+    pub attempts: u32,
+    /// Base of the exponential backoff (full jitter).
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Longest `Retry-After` waited for within a request.
+    pub max_retry_after: Duration,
+}
+
+/// Circuit breakers of deployments and upstream keys.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CircuitConfig {
+    /// Consecutive failures that open a breaker.
+    pub failures: u32,
+    pub cooldown: Duration,
+    /// Failure share over `window` (with at least `min_requests`) that opens a breaker.
+    pub error_rate: f64,
+    pub window: Duration,
+    pub min_requests: u32,
+    /// How long a key refused by its provider (401/403, no quota) stays out of rotation.
+    pub key_cooldown: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +68,8 @@ pub struct ServerConfig {
     pub timeouts: Timeouts,
     pub shutdown_grace: Duration,
     pub cors: Option<CorsConfig>,
+    /// Requests that passed this many Shepherd gateways already are refused.
+    pub max_hops: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +96,14 @@ pub struct CorsConfig {
 pub struct ProviderConfig {
     pub name: Arc<str>,
     pub kind: ProviderKind,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// An active health check of a provider: its model list, every `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +154,96 @@ pub struct ModelConfig {
     /// The name clients ask for.
     pub name: Arc<str>,
     pub deployments: Vec<DeploymentConfig>,
+    pub strategy: Strategy,
+    /// Other models tried, in order, when this one's deployments are exhausted.
+    pub fallbacks: Vec<Arc<str>>,
+    /// Fall back also when the prompt is too long for the model.
+    pub fallback_on_context_window: bool,
+    pub canary: Option<CanaryConfig>,
+}
+
+/// How a model's deployments (and a provider's keys) are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// At random, in proportion to the weights.
+    #[default]
+    Weighted,
+    RoundRobin,
+    /// The deployment with the fewest requests in flight.
+    LeastInflight,
+    /// The deployment with the lowest moving average of time to first byte.
+    LowestLatency,
+}
+
+/// A second deployment set for part of a model's traffic.
+#[derive(Debug, Clone)]
+pub struct CanaryConfig {
+    pub deployments: Vec<DeploymentConfig>,
+    pub rule: CanaryRule,
+}
+
+/// Which requests go to the canary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CanaryRule {
+    /// This share of client keys, by a hash of the key (sticky).
+    KeyShare(f64),
+    /// Requests with `x-shepherd-canary: true` (or `1`).
+    Header,
+    /// Keys whose name matches one of these.
+    KeyNames(Vec<ModelPattern>),
+    /// Clients whose address is in one of these ranges.
+    Ips(Vec<Cidr>),
+}
+
+/// An address range, `10.0.0.0/8` or `2001:db8::/32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr.parse().ok()?, prefix.parse().ok()?),
+            None => {
+                let addr: std::net::IpAddr = text.parse().ok()?;
+                (addr, if addr.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if matches!(addr, std::net::IpAddr::V4(_)) {
+            32
+        } else {
+            128
+        };
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => return false,
+            },
+            (_, ip) => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +312,23 @@ mod tests {
         assert!(p("*-mini").matches("gpt-4.1-mini"));
         assert!(p("*").matches("anything"));
         assert!(!p("a*a").matches("a"));
+    }
+
+    #[test]
+    fn cidr_ranges() {
+        let net = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let all = Cidr::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains("192.168.1.1".parse().unwrap()));
+        let one = Cidr::parse("192.168.1.1").unwrap();
+        assert!(one.contains("192.168.1.1".parse().unwrap()));
+        assert!(!one.contains("192.168.1.2".parse().unwrap()));
+        let v6 = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+        assert!(Cidr::parse("nope/8").is_none());
     }
 
     #[test]

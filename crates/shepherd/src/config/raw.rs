@@ -6,7 +6,15 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 /// Top-level sections this version understands; anything else is reported as unknown.
-pub const SECTIONS: &[&str] = &["server", "providers", "models", "keys", "telemetry"];
+pub const SECTIONS: &[&str] = &[
+    "server",
+    "providers",
+    "models",
+    "keys",
+    "retry",
+    "circuit",
+    "telemetry",
+];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,6 +24,8 @@ pub struct RawServer {
     pub timeouts: Option<RawTimeouts>,
     pub shutdown_grace: Option<RawDuration>,
     pub cors: Option<RawCors>,
+    /// Requests that already passed this many Shepherd gateways are refused (loop protection).
+    pub max_hops: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,12 +68,112 @@ pub struct RawProvider {
     pub version: Option<String>,
     /// Anthropic: `max_tokens` sent when the client gave none (Anthropic requires it).
     pub default_max_tokens: Option<u64>,
+    pub health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub interval: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
     pub deployments: Vec<RawDeployment>,
+    pub strategy: Option<RawStrategy>,
+    /// Other models tried, in order, when this one's deployments are exhausted.
+    pub fallbacks: Option<Vec<String>>,
+    /// Also fall back when the upstream says the prompt is too long for the model.
+    pub fallback_on_context_window: Option<bool>,
+    pub canary: Option<RawCanary>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawStrategy {
+    Weighted,
+    RoundRobin,
+    LeastInflight,
+    LowestLatency,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    pub deployments: Vec<RawDeployment>,
+    /// `10%` (or 0.1): the share of client keys sent to the canary (`by: key`).
+    pub share: Option<RawShare>,
+    pub by: Option<RawCanaryBy>,
+    /// `by: key_name`: key names or one-`*` patterns sent to the canary.
+    pub keys: Option<Vec<String>>,
+    /// `by: ip`: client address ranges (CIDR) sent to the canary.
+    pub ips: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawCanaryBy {
+    Key,
+    Header,
+    KeyName,
+    Ip,
+}
+
+/// A share: `10%` or a fraction (`0.1`).
+#[derive(Debug, Clone, Copy)]
+pub struct RawShare(pub f64);
+
+impl<'de> Deserialize<'de> for RawShare {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Fraction(f64),
+            Text(String),
+        }
+        let share = match Either::deserialize(deserializer)? {
+            Either::Fraction(fraction) => fraction,
+            Either::Text(text) => text
+                .trim()
+                .strip_suffix('%')
+                .and_then(|number| number.trim().parse::<f64>().ok())
+                .map(|percent| percent / 100.0)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!("invalid share `{text}`; write e.g. 10%"))
+                })?,
+        };
+        if !(0.0..=1.0).contains(&share) {
+            return Err(serde::de::Error::custom("a share is between 0% and 100%"));
+        }
+        Ok(RawShare(share))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Upstream attempts per request, the first included.
+    pub attempts: Option<u32>,
+    pub backoff: Option<RawDuration>,
+    pub max_backoff: Option<RawDuration>,
+    /// Longest `Retry-After` the gateway waits for within a request.
+    pub max_retry_after: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuit {
+    /// Consecutive failures that open a breaker.
+    pub failures: Option<u32>,
+    pub cooldown: Option<RawDuration>,
+    /// Failure share over `window` that opens a breaker (with at least `min_requests`).
+    pub error_rate: Option<RawShare>,
+    pub window: Option<RawDuration>,
+    pub min_requests: Option<u32>,
+    /// How long an upstream key refused by its provider (401/403, no quota) stays out.
+    pub key_cooldown: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]

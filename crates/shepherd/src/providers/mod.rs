@@ -14,7 +14,9 @@ use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::config::{ProviderConfig, ProviderKind, Timeouts, Wire};
+use crate::config::{HealthCheckConfig, ProviderConfig, ProviderKind, Timeouts, Wire};
+use crate::routing::circuit::Admission;
+use crate::routing::health::{Health, Registry};
 
 pub use headers::{forwardable_request_headers, redact_secrets, response_headers_to_client};
 pub use http::{ConnectTimer, install_crypto_provider};
@@ -67,6 +69,10 @@ pub struct UpstreamRequest<'a> {
     /// The client's headers; the provider forwards only the end-to-end, non-credential ones.
     pub client_headers: &'a HeaderMap,
     pub request_id: &'a str,
+    /// Which of the provider's keys to use (`None`: the provider has none).
+    pub key: Option<usize>,
+    /// Gateways this request passed, this one included (sent as `x-shepherd-hops`).
+    pub hops: u32,
 }
 
 /// An upstream's byte stream (the whole body for non-streaming answers, chunk by chunk).
@@ -103,6 +109,21 @@ pub struct Provider {
     adapter: Adapter,
     /// Requests sent, for the round-robin over upstream keys.
     sent: AtomicU64,
+    /// The state of each upstream key (its breaker takes a refused key out of rotation).
+    keys: Vec<Arc<Health>>,
+    /// The registry names of the keys.
+    key_labels: Vec<String>,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// The key chosen for an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChoice {
+    /// The provider has no keys (a local server).
+    None,
+    Key(usize),
+    /// Every key is out of rotation; the first may come back at this time.
+    Exhausted(tokio::time::Instant),
 }
 
 #[derive(Debug)]
@@ -112,18 +133,75 @@ enum Adapter {
 }
 
 impl Provider {
-    pub fn new(config: &ProviderConfig, timeouts: &Timeouts) -> Result<Self, String> {
-        let adapter = match &config.kind {
+    pub fn new(
+        config: &ProviderConfig,
+        timeouts: &Timeouts,
+        registry: &Registry,
+    ) -> Result<Self, String> {
+        let (adapter, key_labels) = match &config.kind {
             ProviderKind::Remote(remote) => {
-                Adapter::Remote(Box::new(remote::Remote::new(remote, timeouts)?))
+                let labels: Vec<String> = remote
+                    .api_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(n, key)| key_label(&config.name, n, key.expose()))
+                    .collect();
+                (
+                    Adapter::Remote(Box::new(remote::Remote::new(remote, timeouts)?)),
+                    labels,
+                )
             }
-            ProviderKind::Mock => Adapter::Mock,
+            ProviderKind::Mock => (Adapter::Mock, Vec::new()),
         };
         Ok(Provider {
             name: config.name.clone(),
             adapter,
             sent: AtomicU64::new(0),
+            keys: key_labels.iter().map(|label| registry.get(label)).collect(),
+            key_labels,
+            health_check: config.health_check,
         })
+    }
+
+    /// Picks an upstream key round-robin, skipping keys whose breaker is open.
+    pub fn pick_key(&self, cooldown: std::time::Duration) -> KeyChoice {
+        if self.keys.is_empty() {
+            return KeyChoice::None;
+        }
+        let start = self.sent.fetch_add(1, Ordering::Relaxed);
+        let count = self.keys.len() as u64;
+        let mut earliest: Option<tokio::time::Instant> = None;
+        for step in 0..count {
+            let index = usize::try_from((start + step) % count).unwrap_or(0);
+            match self.keys[index].breaker.admit(cooldown) {
+                Admission::Allowed | Admission::Probe => return KeyChoice::Key(index),
+                Admission::Rejected { until } => {
+                    earliest = Some(earliest.map_or(until, |e| e.min(until)));
+                }
+            }
+        }
+        KeyChoice::Exhausted(earliest.unwrap_or_else(tokio::time::Instant::now))
+    }
+
+    /// When one of the keys lets requests through again, if none does now (`None`: one does,
+    /// or the provider has no keys).
+    pub fn key_reopens_at(&self, cooldown: std::time::Duration) -> Option<tokio::time::Instant> {
+        let mut earliest: Option<tokio::time::Instant> = None;
+        for key in &self.keys {
+            let until = key.breaker.reopens_at(cooldown)?;
+            earliest = Some(earliest.map_or(until, |e| e.min(until)));
+        }
+        earliest
+    }
+
+    /// The registry names of the keys (never the keys).
+    pub fn key_labels(&self) -> impl Iterator<Item = String> + '_ {
+        self.key_labels.iter().cloned()
+    }
+
+    /// The state of key `index`.
+    pub fn key_health(&self, index: usize) -> Option<&Arc<Health>> {
+        self.keys.get(index)
     }
 
     /// The protocol this upstream speaks.
@@ -147,10 +225,17 @@ impl Provider {
         &self,
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let n = self.sent.fetch_add(1, Ordering::Relaxed);
         match &self.adapter {
-            Adapter::Remote(adapter) => adapter.send(request, n).await,
+            Adapter::Remote(adapter) => adapter.send(request).await,
             Adapter::Mock => mock::answer(&request),
+        }
+    }
+
+    /// Checks the provider is up (its model list answers), within `timeout`.
+    pub async fn check(&self, timeout: std::time::Duration) -> Result<(), String> {
+        match &self.adapter {
+            Adapter::Remote(adapter) => adapter.check(timeout).await,
+            Adapter::Mock => Ok(()),
         }
     }
 
@@ -161,4 +246,13 @@ impl Provider {
             Adapter::Mock => &[],
         }
     }
+}
+
+/// The registry name of an upstream key: provider, position and a fingerprint of the key (so a
+/// reload that changes the key list does not hand one key's state to another). Never the key.
+fn key_label(provider: &str, index: usize, key: &str) -> String {
+    let fingerprint = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{provider}#key{index}-{:04x}", fingerprint & 0xffff)
 }

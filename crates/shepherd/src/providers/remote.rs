@@ -116,21 +116,19 @@ impl Remote {
     pub async fn send(
         &self,
         request: UpstreamRequest<'_>,
-        sequence: u64,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let uri = self.uri(&request)?;
         let mut headers = forwardable_request_headers(request.client_headers);
         for (name, value) in &self.extra_headers {
             headers.insert(name.clone(), value.clone());
         }
-        if !self.auth.is_empty() {
-            let index = usize::try_from(sequence % self.auth.len() as u64).unwrap_or(0);
-            let (name, value) = &self.auth[index];
+        if let Some((name, value)) = request.key.and_then(|index| self.auth.get(index)) {
             headers.insert(name.clone(), value.clone());
         }
         if let Ok(id) = HeaderValue::from_str(request.request_id) {
             headers.insert(HeaderName::from_static("x-request-id"), id);
         }
+        headers.insert(HOPS_HEADER, HeaderValue::from(request.hops));
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -153,7 +151,41 @@ impl Remote {
             body: Box::pin(body),
         })
     }
+
+    /// A health check: the provider's model list answers 2xx within `timeout` (with the first
+    /// key).
+    pub async fn check(&self, timeout: std::time::Duration) -> Result<(), String> {
+        let path = match self.wire {
+            Wire::OpenAi => "/models".to_owned(),
+            Wire::Anthropic => "/v1/models".to_owned(),
+            Wire::Gemini => format!("/{}/models", self.version),
+        };
+        let uri = format!("{}{path}", self.base_url)
+            .parse::<Uri>()
+            .map_err(|error| format!("bad health check URL: {error}"))?;
+        let mut request = Request::new(Full::new(bytes::Bytes::new()));
+        *request.method_mut() = Method::GET;
+        *request.uri_mut() = uri;
+        for (name, value) in &self.extra_headers {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
+        if let Some((name, value)) = self.auth.first() {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
+        let response = tokio::time::timeout(timeout, self.client.request(request))
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|error| describe(&error))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("status {}", response.status().as_u16()))
+        }
+    }
 }
+
+/// Gateways a request has passed, for loop protection.
+pub const HOPS_HEADER: HeaderName = HeaderName::from_static("x-shepherd-hops");
 
 /// A model name as one URL path segment (Gemini names are plain, but a config may hold anything).
 fn encode_path_segment(segment: &str) -> String {

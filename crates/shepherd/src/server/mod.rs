@@ -6,8 +6,10 @@
 //! protocol when raised outside a handler) -> panic guard (a panic becomes a 500) -> routes.
 
 mod edge;
+mod reload;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -30,7 +32,7 @@ pub use edge::REQUEST_ID;
 
 /// The router with every route and layer.
 pub fn app(state: Arc<AppState>) -> Router {
-    let cors = state.config.server.cors.as_ref().map(cors_layer);
+    let cors = state.runtime().config.server.cors.as_ref().map(cors_layer);
     let router = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
@@ -72,8 +74,10 @@ fn cors_layer(config: &CorsConfig) -> CorsLayer {
         .expose_headers([
             REQUEST_ID,
             crate::api::DEPLOYMENT_HEADER,
-            HeaderName::from_static("x-shepherd-attempts"),
-            HeaderName::from_static("x-shepherd-fallback"),
+            crate::api::ATTEMPTS_HEADER,
+            crate::api::FALLBACK_HEADER,
+            crate::api::CANARY_HEADER,
+            HeaderName::from_static("x-upstream-request-id"),
         ])
         .max_age(config.max_age);
     if config.allow_headers.is_empty() {
@@ -117,9 +121,19 @@ impl Running {
 
 /// Binds `config.server.listen` and serves in a background task.
 pub async fn start(config: Config) -> std::io::Result<Running> {
+    start_from(config, None).await
+}
+
+/// Like `start`, for a config read from `path`: SIGHUP or a change of the file reloads it.
+pub async fn start_watching(config: Config, path: PathBuf) -> std::io::Result<Running> {
+    start_from(config, Some(path)).await
+}
+
+async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Running> {
     let listen = config.server.listen;
     let grace = config.server.shutdown_grace;
-    let state = Arc::new(AppState::new(config).map_err(std::io::Error::other)?);
+    let state = Arc::new(AppState::new(config, path.clone()).map_err(std::io::Error::other)?);
+    let watcher = path.map(|path| reload::watch(state.clone(), path));
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
@@ -132,6 +146,7 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         let _ = graceful_signal.wait_for(|stop| *stop).await;
     });
     let task = tokio::spawn(async move {
+        let _stop_watching = watcher.map(AbortOnDrop);
         let mut grace_signal = stopped;
         let grace_over = async move {
             let _ = grace_signal.wait_for(|stop| *stop).await;
@@ -152,6 +167,15 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         stop,
         task,
     })
+}
+
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Waits for SIGTERM or SIGINT.

@@ -15,7 +15,7 @@ providers:
 models:
   gpt-4.1:
     deployments: [{provider: opnai}]
-    strategy: fastest
+    stratgy: round_robin
 keys:
   - {name: svc, key: k1}
   - {name: svc, key: k2}
@@ -36,7 +36,7 @@ keys:
         format!(
             "{file}: line 5: providers.openai.api_keys[0]: environment variable `SHEPHERD_TEST_UNSET_KEY` is not set"
         ),
-        format!("{file}: line 9: models.gpt-4.1.strategy: unknown field `strategy`"),
+        format!("{file}: line 9: models.gpt-4.1.stratgy: unknown field `stratgy`"),
         format!("{file}: line 12: keys[1].name: duplicate key name `svc`"),
     ] {
         assert!(

@@ -212,8 +212,16 @@ async fn upstream_4xx_passes_through_with_keys_redacted() {
     let body = expect(refused, 502, "upstream_auth_failed").await;
     assert!(!body.to_string().contains(UPSTREAM_KEY), "{body}");
 
-    let limited = h
+    let unprocessable = h
         .chat(chat.clone())
+        .header("x-mock-status", "422")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unprocessable.status(), 422);
+    assert!(json_of(unprocessable).await["error"]["message"].is_string());
+    let limited = h
+        .chat(chat)
         .header("x-mock-status", "429")
         .header("x-mock-retry-after", "7")
         .send()
@@ -221,12 +229,4 @@ async fn upstream_4xx_passes_through_with_keys_redacted() {
         .unwrap();
     assert_eq!(limited.status(), 429);
     assert_eq!(limited.headers()["retry-after"], "7");
-    let unprocessable = h
-        .chat(chat)
-        .header("x-mock-status", "422")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unprocessable.status(), 422);
-    assert!(json_of(unprocessable).await["error"]["message"].is_string());
 }

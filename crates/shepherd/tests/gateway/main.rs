@@ -6,5 +6,7 @@ mod common;
 mod conformance;
 mod errors;
 mod passthrough;
+mod reload;
+mod resilience;
 mod shutdown;
 mod streaming;

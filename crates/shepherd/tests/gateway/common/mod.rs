@@ -55,6 +55,8 @@ models:
 keys:
   - {{name: all-models, key: {CLIENT_KEY}}}
   - {{name: limited, key: {LIMITED_KEY}, models: ['local-*']}}
+retry: {{attempts: 1}}
+circuit: {{failures: 1000000, key_cooldown: 0s}}
 telemetry: {{access_log: off, log_level: warn}}
 "
     )

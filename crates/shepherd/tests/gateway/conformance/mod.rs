@@ -457,9 +457,11 @@ const ERROR_ROWS: [(u16, u16, u16, &str); 5] = [
 
 #[tokio::test]
 async fn upstream_errors_in_the_callers_protocol() {
-    let h = start().await;
     for (client, upstream) in PAIRS {
         for (injected, openai_status, anthropic_status, anthropic_type) in ERROR_ROWS {
+            // A fresh gateway per case: a refused key or a Retry-After takes the upstream out
+            // of rotation for a while, which is not what this test is about.
+            let h = start().await;
             let case = format!("{client:?} -> {upstream:?}, upstream {injected}");
             let mut request = send(
                 &h,

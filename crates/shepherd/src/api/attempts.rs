@@ -1,0 +1,477 @@
+//! The attempt loop: walks a request's plan (candidates in order) until one answers. A retryable
+//! failure (connect error, timeout before the first byte, 429, 5xx, 529) moves on to the next
+//! candidate, or waits (backoff with full jitter, or the upstream's `Retry-After`, capped) before
+//! trying one again; a refused upstream key is taken out of rotation and another key tried at
+//! once; a final answer (400, 404, ...) goes to the client as is. Breakers are consulted before
+//! and fed after every attempt. A stream counts as served once its first events arrived: nothing
+//! is retried after a byte reached the client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::time::{Instant, sleep_until, timeout_at};
+
+use super::answer;
+use super::errors::ApiError;
+use super::exchange::{self, Conversion, Translation};
+use super::relay::{Mode, Relay, Settings, Translator, Watch};
+use crate::config::Wire;
+use crate::context::RequestContext;
+use crate::providers::{
+    ConnectTimer, Endpoint, KeyChoice, UpstreamBody, UpstreamError, UpstreamRequest,
+    response_headers_to_client,
+};
+use crate::routing::retry::{self, Verdict};
+use crate::routing::{Candidate, Plan};
+use crate::state::Runtime;
+use crate::translate::errors::ErrorKind;
+use crate::translate::stream::{Decoder, Encoder};
+use crate::translate::{anthropic, gemini, openai};
+use crate::wire::openai::RequestHead;
+
+/// The shortest wait for a breaker to reopen (no busy loop on a probe in flight).
+const MIN_WAIT: Duration = Duration::from_millis(10);
+
+/// Largest non-streamed upstream answer the gateway will hold.
+const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+
+pub const DEPLOYMENT_HEADER: HeaderName = HeaderName::from_static("x-shepherd-deployment");
+pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-shepherd-attempts");
+pub const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-shepherd-fallback");
+pub const CANARY_HEADER: HeaderName = HeaderName::from_static("x-shepherd-canary");
+
+/// One client request, ready for its attempts.
+pub struct Job<'a> {
+    pub runtime: &'a Runtime,
+    pub ctx: &'a Arc<RequestContext>,
+    pub endpoint: Endpoint,
+    pub head: &'a RequestHead,
+    pub body: &'a Bytes,
+    pub headers: &'a HeaderMap,
+    pub stream: bool,
+    pub hops: u32,
+}
+
+/// A failed attempt: what the client gets if it is the last word, and what it means.
+struct Failure {
+    answer: Result<Response, ApiError>,
+    kind: ErrorKind,
+    code: Option<String>,
+    retry_after: Option<Duration>,
+}
+
+impl Failure {
+    fn of(error: ApiError) -> Failure {
+        Failure {
+            kind: kind_of(&error),
+            code: None,
+            retry_after: None,
+            answer: Err(error),
+        }
+    }
+}
+
+/// The kind of failure an error raised by the gateway about an upstream stands for.
+fn kind_of(error: &ApiError) -> ErrorKind {
+    match error.code {
+        "upstream_auth_failed" => ErrorKind::Authentication,
+        "insufficient_quota" => ErrorKind::Billing,
+        "upstream_permission_denied" => ErrorKind::Permission,
+        "upstream_timeout" => ErrorKind::Timeout,
+        "upstream_unreachable" | "upstream_bad_response" => ErrorKind::Server,
+        _ => ErrorKind::of_status(error.status.as_u16()),
+    }
+}
+
+pub async fn run(job: Job<'_>, plan: Plan) -> Result<Response, ApiError> {
+    let config = &job.runtime.config;
+    let (retry, circuit) = (&config.retry, &config.circuit);
+    let deadline = Instant::from_std(job.ctx.started) + config.server.timeouts.total;
+    let candidates = &plan.candidates;
+    let mut tried = vec![false; candidates.len()];
+    let mut attempts = 0u32;
+    let mut retries = 0u32;
+    let mut cursor = 0usize;
+    let mut waits = 0u32;
+    let mut last: Option<Failure> = None;
+    while attempts < retry.attempts && Instant::now() < deadline {
+        let Some((index, key)) = next_candidate(job.runtime, candidates, cursor) else {
+            // Everything is out of service for now. When an upstream of this very request said
+            // when to come back (`Retry-After`), wait for that if it is soon enough; an outage
+            // (breakers opened by failures) is answered at once instead.
+            let asked_to_wait = last.as_ref().is_some_and(|f| f.retry_after.is_some());
+            let reopens = earliest_reopening(job.runtime, candidates);
+            let wait = reopens.saturating_duration_since(Instant::now());
+            if !asked_to_wait
+                || wait > retry.max_retry_after
+                || reopens >= deadline
+                || waits >= retry.attempts
+            {
+                break;
+            }
+            waits += 1;
+            sleep_until(reopens.max(Instant::now() + MIN_WAIT)).await;
+            continue;
+        };
+        // Trying a candidate again: back off first, unless its `Retry-After` already held it.
+        let held = last.as_ref().is_some_and(|f| f.retry_after.is_some());
+        if tried[index] && !held {
+            let pause = retry::backoff(retry, retries);
+            if Instant::now() + pause >= deadline {
+                break;
+            }
+            sleep_until(Instant::now() + pause).await;
+            retries += 1;
+        }
+        tried[index] = true;
+        attempts += 1;
+        let candidate = &candidates[index];
+        let deployment = &candidate.deployment;
+        job.ctx.set_deployment(deployment.name.clone());
+        let started = Instant::now();
+        match attempt(&job, candidate, key, deadline).await {
+            Ok(mut response) => {
+                deployment.health.breaker.success(circuit);
+                if let Some(key) = key.and_then(|k| deployment.provider.key_health(k)) {
+                    key.breaker.success(circuit);
+                }
+                deployment.health.record_latency(started.elapsed());
+                decorate(response.headers_mut(), candidate, &plan, attempts);
+                return Ok(response);
+            }
+            Err(failure) => {
+                let verdict = retry::verdict(failure.kind, failure.code.as_deref());
+                tracing::info!(request_id = %job.ctx.request_id, deployment = %deployment.name,
+                               attempt = attempts, kind = ?failure.kind, ?verdict, "attempt failed");
+                let key_health = key.and_then(|k| deployment.provider.key_health(k));
+                match verdict {
+                    Verdict::Final => {
+                        // The upstream answered; the request itself was wrong.
+                        deployment.health.breaker.success(circuit);
+                        return finish(failure, candidate, &plan, attempts);
+                    }
+                    Verdict::KeyRefused => match key_health {
+                        Some(health) => {
+                            tracing::warn!(provider = %deployment.provider.name,
+                                           "upstream key refused; out of rotation for the key cool-down");
+                            health.breaker.open_for(circuit.key_cooldown);
+                            // The same deployment again, with another key, without a pause.
+                            tried[index] = false;
+                            cursor = index;
+                        }
+                        None => {
+                            deployment.health.breaker.failure(circuit, None);
+                            cursor = index + 1;
+                        }
+                    },
+                    Verdict::ContextWindow => match candidates.iter().position(|c| c.fallback) {
+                        Some(first_fallback)
+                            if plan.fallback_on_context_window && first_fallback > index =>
+                        {
+                            cursor = first_fallback;
+                        }
+                        _ => return finish(failure, candidate, &plan, attempts),
+                    },
+                    Verdict::Retry => {
+                        let rate_limited = failure.kind == ErrorKind::RateLimited;
+                        let breaker = match key_health {
+                            Some(health) if rate_limited => &health.breaker,
+                            _ => &deployment.health.breaker,
+                        };
+                        match failure.retry_after {
+                            Some(wait) => breaker.open_for(wait),
+                            None => {
+                                breaker.failure(circuit, None);
+                            }
+                        }
+                        cursor = index + 1;
+                    }
+                }
+                last = Some(failure);
+            }
+        }
+    }
+    match last {
+        Some(failure) => {
+            let candidate = &candidates[tried.iter().rposition(|t| *t).unwrap_or(0)];
+            finish(failure, candidate, &plan, attempts)
+        }
+        None => {
+            let wait = earliest_reopening(job.runtime, candidates)
+                .saturating_duration_since(Instant::now());
+            Err(ApiError::no_healthy_deployment(&job.head.model, wait))
+        }
+    }
+}
+
+/// The first candidate from `cursor` on (wrapping) that its breaker and its provider's keys let
+/// through, with the key to use.
+fn next_candidate(
+    runtime: &Runtime,
+    candidates: &[Candidate],
+    cursor: usize,
+) -> Option<(usize, Option<usize>)> {
+    let cooldown = runtime.config.circuit.cooldown;
+    (0..candidates.len())
+        .map(|step| (cursor + step) % candidates.len())
+        .find_map(|index| {
+            let deployment = &candidates[index].deployment;
+            if !deployment.health.breaker.admit(cooldown).allowed() {
+                return None;
+            }
+            match deployment
+                .provider
+                .pick_key(runtime.config.circuit.key_cooldown)
+            {
+                KeyChoice::None => Some((index, None)),
+                KeyChoice::Key(key) => Some((index, Some(key))),
+                KeyChoice::Exhausted(_) => None,
+            }
+        })
+}
+
+/// When the first candidate's deployment (and one of its keys) lets requests through again.
+fn earliest_reopening(runtime: &Runtime, candidates: &[Candidate]) -> Instant {
+    let now = Instant::now();
+    let circuit = &runtime.config.circuit;
+    candidates
+        .iter()
+        .map(|candidate| {
+            let deployment = &candidate.deployment;
+            let open_until = deployment
+                .health
+                .breaker
+                .reopens_at(circuit.cooldown)
+                .unwrap_or(now);
+            let key_until = deployment
+                .provider
+                .key_reopens_at(circuit.key_cooldown)
+                .unwrap_or(now);
+            open_until.max(key_until).max(now)
+        })
+        .min()
+        .unwrap_or(now + circuit.cooldown)
+}
+
+/// The last failure as the client's answer.
+fn finish(
+    failure: Failure,
+    candidate: &Candidate,
+    plan: &Plan,
+    attempts: u32,
+) -> Result<Response, ApiError> {
+    match failure.answer {
+        Ok(mut response) => {
+            decorate(response.headers_mut(), candidate, plan, attempts);
+            Ok(response)
+        }
+        Err(error) => {
+            let mut response = error.into_response();
+            decorate(response.headers_mut(), candidate, plan, attempts);
+            Ok(response)
+        }
+    }
+}
+
+/// The routing headers of an answer: deployment, attempts, fallback, canary.
+fn decorate(headers: &mut HeaderMap, candidate: &Candidate, plan: &Plan, attempts: u32) {
+    if let Ok(name) = HeaderValue::from_str(&candidate.deployment.name) {
+        headers.insert(DEPLOYMENT_HEADER, name);
+    }
+    headers.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    if candidate.fallback {
+        if let Ok(model) = HeaderValue::from_str(&candidate.model) {
+            headers.insert(FALLBACK_HEADER, model);
+        }
+    }
+    if let Some(canary) = plan.canary {
+        headers.insert(
+            CANARY_HEADER,
+            HeaderValue::from_static(if canary { "true" } else { "false" }),
+        );
+    }
+}
+
+/// One attempt on one candidate: plan the exchange for its protocol, send within the timeouts,
+/// and read the answer (a whole body, or a stream's first events).
+async fn attempt(
+    job: &Job<'_>,
+    candidate: &Candidate,
+    key: Option<usize>,
+    deadline: Instant,
+) -> Result<Response, Failure> {
+    let ctx = job.ctx;
+    let deployment = &candidate.deployment;
+    let protocol = job.endpoint.client_protocol();
+    let timeouts = job.runtime.config.server.timeouts;
+    let exchange = exchange::plan(job.endpoint, job.head, job.body, deployment, job.stream)
+        .map_err(|error| Failure {
+            // The request cannot be put in this upstream's protocol: not the upstream's fault,
+            // and no other attempt changes it.
+            kind: ErrorKind::InvalidRequest,
+            code: None,
+            retry_after: None,
+            answer: Err(error),
+        })?;
+    let inflight = deployment.health.start();
+    let first_byte_deadline = deadline.min(Instant::now() + timeouts.first_byte);
+    let timer = ConnectTimer::default();
+    let request = UpstreamRequest {
+        operation: exchange.operation,
+        model: &deployment.upstream_model,
+        body: exchange.body.clone(),
+        stream: job.stream,
+        client_headers: job.headers,
+        request_id: &ctx.request_id,
+        key,
+        hops: job.hops,
+    };
+    let sent = timeout_at(
+        first_byte_deadline,
+        timer.scope(deployment.provider.send(request)),
+    )
+    .await;
+    ctx.set_upstream_connect(timer.micros());
+    let upstream = match sent {
+        Err(_elapsed) => {
+            return Err(Failure::of(ApiError::upstream_timeout(
+                "no response head within the first-byte timeout",
+            )));
+        }
+        Ok(Err(error)) => return Err(Failure::of(transport_error(&error))),
+        Ok(Ok(upstream)) => upstream,
+    };
+    let is_event_stream = upstream
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let client_headers = response_headers_to_client(&upstream.headers);
+    if upstream.status.is_success() && is_event_stream {
+        let mode = match &exchange.conversion {
+            Conversion::Passthrough {
+                wire,
+                hide_usage_chunk,
+            } => Mode::Passthrough(Watch::new(*wire, *hide_usage_chunk)),
+            Conversion::Translate(translation) => {
+                Mode::Translate(Box::new(translator(translation)))
+            }
+        };
+        let settings = Settings {
+            ctx: ctx.clone(),
+            protocol,
+            idle: timeouts.idle,
+            deadline,
+            prompt_estimate: exchange.prompt_estimate,
+            secrets: deployment.provider.secrets().into(),
+            inflight: Some(inflight),
+        };
+        let relay = Relay::start(upstream.body, mode, settings, first_byte_deadline)
+            .await
+            .map_err(Failure::of)?;
+        ctx.set_upstream_first_byte(ctx.started.elapsed());
+        return Ok(relay.into_response(upstream.status, client_headers));
+    }
+    ctx.set_upstream_first_byte(ctx.started.elapsed());
+    let bytes = read_whole(upstream.body, deadline, timeouts.idle)
+        .await
+        .map_err(Failure::of)?;
+    ctx.set_upstream_done();
+    drop(inflight);
+    if upstream.status.is_success() {
+        return answer::success(ctx, &exchange, upstream.status, client_headers, bytes)
+            .map_err(Failure::of);
+    }
+    let retry_after = retry::retry_after(&upstream.headers);
+    let failed = answer::upstream_error(
+        &exchange,
+        protocol,
+        upstream.status,
+        client_headers,
+        &bytes,
+        deployment.provider.secrets(),
+    );
+    Err(Failure {
+        answer: failed.answer,
+        kind: failed.kind,
+        code: failed.code,
+        retry_after,
+    })
+}
+
+/// The decoder of the upstream's stream and the encoder of the client's.
+fn translator(translation: &Translation) -> Translator {
+    let decoder: Box<dyn Decoder> = match translation.upstream {
+        Wire::OpenAi => Box::<openai::stream::ChatDecoder>::default(),
+        Wire::Anthropic => Box::<anthropic::stream::MessagesDecoder>::default(),
+        Wire::Gemini => Box::<gemini::stream::GenerateDecoder>::default(),
+    };
+    let envelope = |prefix: &str| openai::response::Envelope {
+        id: answer::new_id(prefix),
+        model: translation.model.clone(),
+        created: answer::unix_now(),
+    };
+    let encoder: Box<dyn Encoder> = match translation.endpoint {
+        Endpoint::Messages => Box::new(anthropic::stream::MessagesEncoder::new(
+            answer::new_id("msg_"),
+            translation.model.clone(),
+        )),
+        Endpoint::Completions => Box::new(openai::stream::ChatEncoder::new(
+            envelope("cmpl-"),
+            openai::stream::ChunkKind::Completion,
+            translation.include_usage,
+        )),
+        Endpoint::ChatCompletions | Endpoint::Embeddings => {
+            Box::new(openai::stream::ChatEncoder::new(
+                envelope("chatcmpl-"),
+                openai::stream::ChunkKind::Chat,
+                translation.include_usage,
+            ))
+        }
+    };
+    Translator::new(decoder, encoder)
+}
+
+fn transport_error(error: &UpstreamError) -> ApiError {
+    match error {
+        UpstreamError::Connect(detail) => ApiError::upstream_unreachable(detail),
+        UpstreamError::Timeout(detail) => ApiError::upstream_timeout(detail),
+        UpstreamError::Transport(detail) => ApiError::upstream_bad_response(detail),
+    }
+}
+
+/// Reads a non-streamed upstream body to its end, within the deadline and the size cap.
+async fn read_whole(
+    mut body: UpstreamBody,
+    deadline: Instant,
+    idle: Duration,
+) -> Result<Bytes, ApiError> {
+    let mut whole = BytesMut::new();
+    let mut single: Option<Bytes> = None;
+    loop {
+        let next_deadline = deadline.min(Instant::now() + idle);
+        let next = timeout_at(next_deadline, body.next())
+            .await
+            .map_err(|_| ApiError::upstream_timeout("the response body stalled"))?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|error| transport_error(&error))?;
+        if single.is_none() && whole.is_empty() {
+            single = Some(chunk);
+            continue;
+        }
+        if let Some(first) = single.take() {
+            whole.extend_from_slice(&first);
+        }
+        whole.extend_from_slice(&chunk);
+        if whole.len() > MAX_UPSTREAM_BODY {
+            return Err(ApiError::upstream_bad_response(
+                "the body is larger than the gateway accepts",
+            ));
+        }
+    }
+    Ok(single.unwrap_or_else(|| whole.freeze()))
+}

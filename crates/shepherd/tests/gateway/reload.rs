@@ -1,0 +1,154 @@
+//! Hot reload: a config file edited under a steady load of requests and streams is picked up
+//! without failing any of them; a broken file is refused (counted) and the old config serves on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use mock_upstream::MockUpstream;
+use serde_json::json;
+
+use crate::common::*;
+use crate::shutdown::temp_file;
+
+fn config(mock: &MockUpstream, extra_model: &str, weight: u32) -> String {
+    format!(
+        "server: {{listen: 127.0.0.1:0, timeouts: {{idle: 5s}}}}
+providers: {{p: {{kind: openai, base_url: '{}'}}}}
+models:
+  m:
+    deployments: [{{provider: p, weight: {weight}}}]
+{extra_model}keys: [{{name: svc, key: {CLIENT_KEY}}}]
+",
+        mock.base_url()
+    )
+}
+
+async fn model_ids(client: &reqwest::Client, addr: std::net::SocketAddr) -> Vec<String> {
+    let response = client
+        .get(format!("http://{addr}/v1/models"))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    json_of(response).await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn edits_under_load_fail_nothing_and_a_broken_file_is_refused() {
+    let mock = MockUpstream::start().await.unwrap();
+    let file = temp_file("shepherd.yaml", &config(&mock, "", 1));
+    let loaded = shepherd::config::load_file(&file.path).unwrap();
+    let server = shepherd::server::start_watching(loaded, file.path.clone())
+        .await
+        .unwrap();
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for worker in 0..6 {
+        let (stop, served, failed) = (stop.clone(), served.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            let client = test_client();
+            let stream = worker % 2 == 0;
+            while !stop.load(Ordering::Relaxed) {
+                let body = json!({"model": "m", "stream": stream,
+                                  "messages": [{"role": "user", "content": "steady"}]});
+                let sent = client
+                    .post(format!("http://{addr}/v1/chat/completions"))
+                    .bearer_auth(CLIENT_KEY)
+                    .header("x-mock-chunks", "5")
+                    .header("x-mock-chunk-delay-ms", "40")
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                let ok = match sent {
+                    Ok(response) if response.status() == 200 => {
+                        let text = response.text().await.unwrap_or_default();
+                        !stream || text.ends_with("data: [DONE]\n\n")
+                    }
+                    _ => false,
+                };
+                let counter = if ok { &served } else { &failed };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let client = test_client();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A valid edit: a new model appears, the weight changes.
+    let extra = "  spare:\n    deployments: [{provider: p, model: m}]\n";
+    std::fs::write(&file.path, config(&mock, extra, 5)).unwrap();
+    assert!(
+        eventually(|| server.state.reloads.succeeded.load(Ordering::Relaxed) == 1).await,
+        "the edit was picked up"
+    );
+    assert!(model_ids(&client, addr).await.contains(&"spare".to_owned()));
+
+    // A broken edit: refused, counted; the running config keeps serving.
+    std::fs::write(
+        &file.path,
+        "models: {m: {deployments: [{provider: nowhere}]}}\n",
+    )
+    .unwrap();
+    assert!(
+        eventually(|| server.state.reloads.failed.load(Ordering::Relaxed) == 1).await,
+        "the broken edit was seen and refused"
+    );
+    assert!(model_ids(&client, addr).await.contains(&"spare".to_owned()));
+
+    // And a reload by hand (what SIGHUP does) of a fixed file.
+    std::fs::write(&file.path, config(&mock, "", 2)).unwrap();
+    server.state.reload().unwrap();
+    assert_eq!(model_ids(&client, addr).await, ["m"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    for worker in load {
+        worker.await.unwrap();
+    }
+    let (served, failed) = (
+        served.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    );
+    assert!(served > 20, "load ran: {served}");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed across reloads",
+        served + failed
+    );
+}
+
+#[tokio::test]
+async fn breaker_state_survives_a_reload_of_unchanged_deployments() {
+    let mock = MockUpstream::start().await.unwrap();
+    let file = temp_file("shepherd.yaml", &config(&mock, "", 1));
+    let loaded = shepherd::config::load_file(&file.path).unwrap();
+    let server = shepherd::server::start(loaded).await.unwrap();
+    let before = server.state.runtime();
+    let health = server.state.health.get("p/m");
+    health.breaker.open_for(Duration::from_secs(60));
+    let extra = "  other:\n    deployments: [{provider: p, model: o}]\n";
+    let changed =
+        shepherd::config::load_str(&config(&mock, extra, 3), "t.yaml", &|_| None).unwrap();
+    server.state.apply(changed).unwrap();
+    assert!(
+        !Arc::ptr_eq(&before, &server.state.runtime()),
+        "a new runtime"
+    );
+    assert!(
+        Arc::ptr_eq(&health, &server.state.health.get("p/m")),
+        "the same breaker"
+    );
+    assert!(
+        !health.breaker.is_available(),
+        "still open after the reload"
+    );
+}
