@@ -1,6 +1,8 @@
 //! `RequestContext`: what one request has learned on its way through the gateway (key, model,
-//! deployment, timings, bytes, outcome). Every stage writes here; when the last holder lets go
-//! (the response body is finished or the client left) the access log line is written.
+//! deployment, timings, bytes, usage, outcome). Every stage writes here; when the last holder
+//! lets go (the response body is finished or the client left) the request is settled: its
+//! admission reconciled with the real usage, its usage record handed to the ledger, and its
+//! access log line written.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -8,7 +10,20 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::Price;
+use crate::governance::admission::{Admission, now_ms};
+use crate::governance::usage::UsageWriter;
+use crate::store::UsageRecord;
 use crate::translate::ir::{Usage, UsageSource};
+
+/// What settles a request at its end: its admission, the prices of the deployments that may
+/// serve it, and the ledger.
+#[derive(Debug)]
+pub struct Accounting {
+    pub admission: Option<Admission>,
+    pub prices: Vec<(Arc<str>, Price)>,
+    pub ledger: Arc<UsageWriter>,
+}
 
 /// How a request ended, for the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +48,11 @@ impl Outcome {
 
 #[derive(Debug, Default)]
 struct Fields {
-    key_name: Option<Arc<str>>,
+    /// The key's id and name.
+    key: Option<(Arc<str>, Arc<str>)>,
+    accounting: Option<Accounting>,
+    fallback: bool,
+    cache_hit: bool,
     model: Option<String>,
     deployment: Option<Arc<str>>,
     status: u16,
@@ -92,8 +111,18 @@ impl RequestContext {
     pub fn client_ip(&self) -> Option<IpAddr> {
         self.client_ip
     }
-    pub fn set_key(&self, name: Arc<str>) {
-        self.update(|f| f.key_name = Some(name));
+    pub fn set_key(&self, id: Arc<str>, name: Arc<str>) {
+        self.update(|f| f.key = Some((id, name)));
+    }
+    pub fn set_accounting(&self, accounting: Accounting) {
+        self.update(|f| f.accounting = Some(accounting));
+    }
+    /// A fallback model served the request.
+    pub fn set_fallback(&self) {
+        self.update(|f| f.fallback = true);
+    }
+    pub fn set_cache_hit(&self) {
+        self.update(|f| f.cache_hit = true);
     }
     pub fn set_request(&self, model: &str, stream: bool, bytes_in: usize) {
         self.update(|f| {
@@ -155,13 +184,14 @@ fn millis(duration: Option<Duration>) -> Option<f64> {
 
 impl Drop for RequestContext {
     fn drop(&mut self) {
-        if !self.logged {
-            return;
-        }
-        let fields = match self.fields.get_mut() {
+        let mut fields = match self.fields.get_mut() {
             Ok(fields) => std::mem::take(fields),
             Err(poisoned) => std::mem::take(poisoned.into_inner()),
         };
+        let cost = self.settle(&mut fields);
+        if !self.logged {
+            return;
+        }
         let outcome = if fields.stream_failed {
             Outcome::StreamError
         } else if fields.body_done {
@@ -171,7 +201,7 @@ impl Drop for RequestContext {
         };
         crate::telemetry::access::write(&crate::telemetry::access::AccessRecord {
             request_id: &self.request_id,
-            key: fields.key_name.as_deref(),
+            key: fields.key.as_ref().map(|(_, name)| &**name),
             client_ip: self.client_ip,
             method: &self.method,
             route: &self.route,
@@ -196,6 +226,55 @@ impl Drop for RequestContext {
                     reasoning_tokens: usage.reasoning,
                     usage: source.as_str(),
                 }),
+            cost_usd: cost.map(crate::governance::pricing::usd),
         });
+    }
+}
+
+impl RequestContext {
+    /// Reconciles the admission with the real usage and hands the usage record to the ledger;
+    /// returns the cost, when the request was accounted.
+    fn settle(&self, fields: &mut Fields) -> Option<u64> {
+        let accounting = fields.accounting.take()?;
+        let usage = fields.usage.map(|(usage, _)| usage);
+        let price = fields.deployment.as_ref().and_then(|served| {
+            accounting
+                .prices
+                .iter()
+                .find(|(name, _)| name == served)
+                .map(|(_, price)| *price)
+        });
+        let cost = match accounting.admission {
+            Some(admission) => admission.settle(usage.as_ref(), price.as_ref()),
+            None => match (&usage, &price) {
+                (Some(usage), Some(price)) => crate::governance::pricing::cost(price, usage),
+                _ => 0,
+            },
+        };
+        let (key_id, key_name) = fields.key.clone()?;
+        let elapsed = self.started.elapsed();
+        accounting.ledger.record(UsageRecord {
+            request_id: self.request_id.clone(),
+            ts_ms: now_ms() - i64::try_from(elapsed.as_millis()).unwrap_or(0),
+            key_id: key_id.to_string(),
+            key_name: key_name.to_string(),
+            model: fields.model.clone(),
+            deployment: fields.deployment.as_deref().map(str::to_owned),
+            route: self.route.clone(),
+            status: fields.status,
+            stream: fields.stream,
+            prompt_tokens: usage.map_or(0, |u| u.input),
+            completion_tokens: usage.map_or(0, |u| u.output),
+            cached_tokens: usage.map_or(0, |u| u.cache_read),
+            reasoning_tokens: usage.map_or(0, |u| u.reasoning),
+            usage_source: fields.usage.map(|(_, source)| source.as_str()),
+            cost_nano_usd: cost,
+            saved_nano_usd: 0,
+            latency_ms: millis(Some(elapsed)).unwrap_or_default(),
+            ttft_ms: millis(fields.upstream_first_byte),
+            cache_hit: fields.cache_hit,
+            fallback: fields.fallback,
+        });
+        Some(cost)
     }
 }

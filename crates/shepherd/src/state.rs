@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::auth::KeyTable;
 use crate::config::Config;
+use crate::governance::Governance;
 use crate::routing::ModelTable;
 use crate::routing::health::Registry;
 
@@ -46,6 +47,8 @@ pub struct ReloadCounts {
 pub struct AppState {
     runtime: RwLock<Arc<Runtime>>,
     pub health: Registry,
+    /// Keys, limits, budgets and the usage ledger (outlives reloads).
+    pub governance: Arc<Governance>,
     /// Set on SIGTERM: `/readyz` answers 503 while in-flight work drains.
     pub draining: AtomicBool,
     pub reloads: ReloadCounts,
@@ -56,10 +59,12 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Self, String> {
         let health = Registry::default();
+        let governance = Arc::new(Governance::new(&config)?);
         let runtime = build(config, &health)?;
         Ok(AppState {
             runtime: RwLock::new(Arc::new(runtime)),
             health,
+            governance,
             draining: AtomicBool::new(false),
             reloads: ReloadCounts::default(),
             config_path,
@@ -84,6 +89,7 @@ impl AppState {
                 "changed in the config file; takes effect at the next restart"
             );
         }
+        self.governance.prime_static(&config.keys);
         let runtime = Arc::new(build(config, &self.health)?);
         let mut names: std::collections::HashSet<String> = runtime
             .models
@@ -151,6 +157,17 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if format!("{:?}", old.server.cors) != format!("{:?}", new.server.cors) {
         changed.push("server.cors");
+    }
+    if old.state.database != new.state.database {
+        changed.push("state.database");
+    }
+    if old.server.admin_listen != new.server.admin_listen {
+        changed.push("server.admin_listen");
+    }
+    if old.admin.as_ref().map(|a| a.key_secret.expose().to_owned())
+        != new.admin.as_ref().map(|a| a.key_secret.expose().to_owned())
+    {
+        changed.push("admin.key_secret");
     }
     if old.telemetry.access_log != new.telemetry.access_log
         || old.telemetry.log_format != new.telemetry.log_format

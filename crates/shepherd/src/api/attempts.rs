@@ -140,6 +140,9 @@ pub async fn run(job: Job<'_>, plan: Plan) -> Result<Response, ApiError> {
                     key.breaker.success(circuit);
                 }
                 deployment.health.record_latency(started.elapsed());
+                if candidate.fallback {
+                    job.ctx.set_fallback();
+                }
                 decorate(response.headers_mut(), candidate, &plan, attempts);
                 return Ok(response);
             }

@@ -1,28 +1,16 @@
-//! Client authentication: the key from `Authorization: Bearer` or `x-api-key`, looked up among
-//! the configured client keys. The key itself is never logged or forwarded, only its name.
+//! Client keys as presented (`Authorization: Bearer` or `x-api-key`) and the static keys of the
+//! config; `governance::Governance::authenticate` checks virtual keys first. A key itself is
+//! never logged or forwarded, only its name.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
 
-use super::errors::ApiError;
-use crate::config::{KeyConfig, ModelPattern};
+use crate::config::KeyConfig;
+use crate::governance::keys::ClientKey;
 
-/// A client key that authenticated.
-#[derive(Debug)]
-pub struct ClientKey {
-    pub name: Arc<str>,
-    models: Vec<ModelPattern>,
-}
-
-impl ClientKey {
-    pub fn allows(&self, model: &str) -> bool {
-        self.models.iter().any(|pattern| pattern.matches(model))
-    }
-}
-
-/// Every client key, by its secret value.
+/// The static client keys of the config, by their secret value.
 #[derive(Debug, Default)]
 pub struct KeyTable {
     by_secret: HashMap<String, Arc<ClientKey>>,
@@ -33,28 +21,27 @@ impl KeyTable {
         let by_secret = keys
             .iter()
             .map(|key| {
-                let client = ClientKey {
-                    name: key.name.clone(),
-                    models: key.models.clone(),
-                };
-                (key.key.expose().to_owned(), Arc::new(client))
+                (
+                    key.key.expose().to_owned(),
+                    Arc::new(ClientKey::of_config(key)),
+                )
             })
             .collect();
         KeyTable { by_secret }
     }
 
-    /// The key a request presents, or 401.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<ClientKey>, ApiError> {
-        let presented = presented_key(headers).ok_or_else(ApiError::missing_key)?;
-        self.by_secret
-            .get(presented)
-            .cloned()
-            .ok_or_else(ApiError::invalid_key)
+    /// The static key with this secret.
+    pub fn lookup(&self, presented: &str) -> Option<Arc<ClientKey>> {
+        self.by_secret.get(presented).cloned()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<ClientKey>> {
+        self.by_secret.values()
     }
 }
 
 /// `Authorization: Bearer KEY` (scheme case-insensitive), else `x-api-key: KEY`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -44,12 +44,15 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     /// The request field at fault, when there is one.
-    pub param: Option<String>,
+    pub param: Option<Box<str>>,
     pub blame: Blame,
     /// The protocol the error is rendered in.
     pub protocol: ClientProtocol,
     /// Extra response headers (`retry-after`, rate-limit headers).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// For a refusal by a limit: which one (`ip`, `route`, `key`, `model`, `concurrency`,
+    /// `budget`).
+    pub limit_scope: Option<&'static str>,
 }
 
 impl ApiError {
@@ -68,6 +71,7 @@ impl ApiError {
             blame,
             protocol: ClientProtocol::OpenAi,
             headers: Vec::new(),
+            limit_scope: None,
         }
     }
 
@@ -191,7 +195,7 @@ impl ApiError {
     }
 
     fn with_param(mut self, param: impl Into<String>) -> Self {
-        self.param = Some(param.into());
+        self.param = Some(param.into().into_boxed_str());
         self
     }
 
@@ -354,6 +358,116 @@ impl ApiError {
             format!("The upstream provider did not answer in time ({what})."),
         )
         .upstream()
+    }
+
+    /// A limit refused the request (`kind`: `requests` or `tokens`, as OpenAI types them).
+    pub fn rate_limited(
+        kind: &'static str,
+        scope: &'static str,
+        what: &str,
+        retry_after: std::time::Duration,
+        too_large: bool,
+    ) -> Self {
+        let seconds = retry_after.as_secs_f64();
+        let message = if too_large {
+            format!(
+                "This request alone needs more {kind} than the limit of {what} allows; make it smaller."
+            )
+        } else {
+            format!("Rate limit reached for {what}. Please try again in {seconds:.3}s.")
+        };
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            kind,
+            "rate_limit_exceeded",
+            message,
+        );
+        error.limit_scope = Some(scope);
+        let wait = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        error
+            .with_header(header::RETRY_AFTER, HeaderValue::from(wait.max(1)))
+            .with_header(
+                HeaderName::from_static("retry-after-ms"),
+                HeaderValue::from(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX)),
+            )
+    }
+
+    /// The key has `max` requests in flight already.
+    pub fn concurrency_limited(max: u32) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "requests",
+            "concurrency_limit_exceeded",
+            format!(
+                "This key already has {max} requests in flight, its limit; retry when one ends."
+            ),
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        error.limit_scope = Some("concurrency");
+        error
+    }
+
+    /// The key's budget for the period cannot cover this request.
+    pub fn budget_exhausted(budget: &crate::config::Budget, left: u64, estimate: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "insufficient_quota",
+            format!(
+                "This key's budget of ${:.4} per {} is spent (${:.6} left; this request may cost up to ${:.6}).",
+                budget.nano_usd as f64 / 1e9,
+                budget.period.as_str(),
+                left as f64 / 1e9,
+                estimate as f64 / 1e9
+            ),
+        )
+        .with_header(
+            HeaderName::from_static("x-should-retry"),
+            HeaderValue::from_static("false"),
+        );
+        error.limit_scope = Some("budget");
+        error
+    }
+
+    /// The admin API is off: the config has no `admin` section.
+    pub fn admin_disabled() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "admin_disabled",
+            "The admin API is disabled: set admin.master_key and admin.key_secret in the config."
+                .to_owned(),
+        )
+    }
+
+    /// A refused admin request.
+    pub fn admin(status: StatusCode, message: &str) -> Self {
+        let code = match status.as_u16() {
+            400 => "invalid_request",
+            404 => "not_found",
+            409 => "conflict",
+            _ => "internal_error",
+        };
+        Self::new(
+            status,
+            if status.is_server_error() {
+                "server_error"
+            } else {
+                "invalid_request_error"
+            },
+            code,
+            message.to_owned(),
+        )
+    }
+
+    /// The key is past its expiry time.
+    pub fn expired_key() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "expired_api_key",
+            "This API key has expired.".to_owned(),
+        )
     }
 
     /// Every deployment of the model (and of its fallbacks) is out of service for now.

@@ -2,6 +2,7 @@
 //! reading, the proxy path (exchange planning, whole answers, stream relaying) and errors in the
 //! caller's shape.
 
+pub mod admin;
 mod answer;
 pub mod anthropic;
 mod attempts;
@@ -13,5 +14,14 @@ pub mod health;
 pub mod openai;
 mod proxy;
 mod relay;
+
+/// The client routes, as limits name them.
+pub const ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/models",
+];
 
 pub use attempts::{ATTEMPTS_HEADER, CANARY_HEADER, DEPLOYMENT_HEADER, FALLBACK_HEADER};

@@ -64,8 +64,8 @@ pub async fn models(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let runtime = state.runtime();
-    let key = runtime.keys.authenticate(&headers)?;
-    ctx.set_key(key.name.clone());
+    let key = state.governance.authenticate(&runtime, &headers)?;
+    ctx.set_key(key.id.clone(), key.name.clone());
     let data: Vec<_> = runtime
         .models
         .names()

@@ -6,16 +6,18 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use super::attempts::{self, Job};
 use super::body;
 use super::errors::{ApiError, ClientProtocol};
-use crate::context::RequestContext;
+use crate::context::{Accounting, RequestContext};
+use crate::governance::admission::Demand;
 use crate::providers::Endpoint;
 use crate::providers::remote::HOPS_HEADER;
 use crate::routing::canary::Requester;
 use crate::state::AppState;
+use crate::translate::ir::estimate_tokens;
 use crate::wire::openai::RequestHead;
 
 impl Endpoint {
@@ -23,6 +25,16 @@ impl Endpoint {
         match self {
             Endpoint::Messages => ClientProtocol::Anthropic,
             _ => ClientProtocol::OpenAi,
+        }
+    }
+
+    /// The path clients call.
+    pub fn route(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Messages => "/v1/messages",
         }
     }
 }
@@ -36,13 +48,22 @@ pub async fn proxy(
     body: Body,
 ) -> Result<Response, ApiError> {
     let runtime = state.runtime();
+    let protocol = endpoint.client_protocol();
+    let governance = &state.governance;
     let server = &runtime.config.server;
+    governance.check_ip(&runtime, ctx.client_ip())?;
     let hops = hops(headers)?;
     if hops > server.max_hops {
         return Err(ApiError::loop_detected(hops - 1, server.max_hops));
     }
-    let key = runtime.keys.authenticate(headers)?;
-    ctx.set_key(key.name.clone());
+    let key = governance.authenticate(&runtime, headers)?;
+    ctx.set_key(key.id.clone(), key.name.clone());
+    ctx.set_accounting(Accounting {
+        admission: None,
+        prices: Vec::new(),
+        ledger: governance.writer.clone(),
+    });
+    governance.check_route(&runtime, endpoint.route())?;
     let body = body::read_limited(body, headers, server.max_body).await?;
     ctx.set_bytes_in(body.len());
     let head = RequestHead::parse(&body)?;
@@ -63,6 +84,45 @@ pub async fn proxy(
         .models
         .plan(&head.model, &requester)
         .ok_or_else(|| ApiError::unknown_model(&head.model))?;
+    let prices: Vec<_> = plan
+        .candidates
+        .iter()
+        .filter_map(|c| {
+            c.deployment
+                .price
+                .map(|price| (c.deployment.name.clone(), price))
+        })
+        .collect();
+    let prompt_tokens = estimate_tokens(body.len());
+    let output_tokens = head
+        .max_output
+        .unwrap_or(runtime.config.limits.reserve_output_tokens);
+    let demand = Demand {
+        tokens: prompt_tokens + output_tokens,
+        prompt_tokens,
+        output_tokens,
+        price: prices
+            .iter()
+            .map(|(_, price)| *price)
+            .max_by_key(|price| price.input + price.output)
+            .unwrap_or_default(),
+    };
+    let admission = match governance.admit(&runtime, key.clone(), &head.model, &demand) {
+        Ok(admission) => admission,
+        Err(error) => {
+            let mut response = error.in_protocol(protocol).into_response();
+            governance
+                .standing(&key)
+                .apply(response.headers_mut(), protocol);
+            return Ok(response);
+        }
+    };
+    let rate_headers = admission.headers;
+    ctx.set_accounting(Accounting {
+        admission: Some(admission),
+        prices,
+        ledger: governance.writer.clone(),
+    });
     let job = Job {
         runtime: &runtime,
         ctx,
@@ -73,7 +133,9 @@ pub async fn proxy(
         stream,
         hops,
     };
-    attempts::run(job, plan).await
+    let mut response = attempts::run(job, plan).await?;
+    rate_headers.apply(response.headers_mut(), protocol);
+    Ok(response)
 }
 
 /// Gateways this request will have passed once it leaves this one (`x-shepherd-hops` + 1).

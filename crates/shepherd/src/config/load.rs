@@ -1,7 +1,6 @@
 //! Loading: YAML -> raw sections (each entry on its own, so one bad entry does not hide the
 //! next) -> validated `Config`. Every problem carries file, line and field.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -29,7 +28,8 @@ pub fn load_file(path: &Path) -> Result<Config, Problems> {
             message: format!("cannot read file: {error}"),
         }])
     })?;
-    load_str(&text, &file, &|name| std::env::var(name).ok())
+    let base = path.parent().map(Path::to_path_buf);
+    load(&text, &file, &|name| std::env::var(name).ok(), base)
 }
 
 /// Validates config text; `file` names it in problems, `env` fills `${VAR}`.
@@ -38,9 +38,21 @@ pub fn load_str(
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, Problems> {
+    load(text, file, env, None)
+}
+
+/// `base`: the config file's folder, against which relative paths (the database) resolve;
+/// without one, the default database is in memory.
+fn load(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    base: Option<std::path::PathBuf>,
+) -> Result<Config, Problems> {
     let mut loader = Loader {
         problems: Vec::new(),
         lines: LineIndex::default(),
+        base,
     };
     let config = loader.load(text, env);
     let mut problems = loader.problems;
@@ -57,6 +69,8 @@ pub fn load_str(
 pub(super) struct Loader {
     problems: Vec<Problem>,
     lines: LineIndex,
+    /// The config file's folder, if the config came from a file.
+    pub(super) base: Option<std::path::PathBuf>,
 }
 
 impl Loader {
@@ -118,27 +132,24 @@ impl Loader {
             }
         }
         let mut take = |name: &str| root.remove(name).unwrap_or(Value::Null);
-        let (server, providers, models, keys, retry, circuit, telemetry) = (
-            take("server"),
-            take("providers"),
-            take("models"),
-            take("keys"),
-            take("retry"),
-            take("circuit"),
-            take("telemetry"),
-        );
-        let server = self.server(server);
-        let providers = self.providers(providers);
-        let models = self.models(models, &providers);
-        let keys = self.keys(keys);
-        let retry = self.retry(retry);
-        let circuit = self.circuit(circuit);
-        let telemetry = self.telemetry(telemetry);
+        let server = self.server(take("server"));
+        let admin = self.admin(take("admin"));
+        let state = self.state(take("state"));
+        let providers = self.providers(take("providers"));
+        let models = self.models(take("models"), &providers);
+        let keys = self.keys(take("keys"));
+        let limits = self.limits(take("limits"), &models);
+        let retry = self.retry(take("retry"));
+        let circuit = self.circuit(take("circuit"));
+        let telemetry = self.telemetry(take("telemetry"));
         Some(Config {
             server: server?,
+            admin: admin?,
+            state: state?,
             providers,
             models,
             keys,
+            limits: limits?,
             retry: retry?,
             circuit: circuit?,
             telemetry: telemetry?,
@@ -212,6 +223,17 @@ impl Loader {
         if raw.max_hops == Some(0) {
             self.problem("server.max_hops", "must be at least 1");
         }
+        let admin_listen = match raw.admin_listen.as_deref().map(str::parse::<SocketAddr>) {
+            None => None,
+            Some(Ok(addr)) => Some(addr),
+            Some(Err(_)) => {
+                self.problem(
+                    "server.admin_listen",
+                    "not an address; write e.g. 127.0.0.1:8081",
+                );
+                None
+            }
+        };
         Some(ServerConfig {
             listen,
             max_body,
@@ -219,6 +241,7 @@ impl Loader {
             shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
             cors,
             max_hops: raw.max_hops.unwrap_or(DEFAULT_MAX_HOPS),
+            admin_listen,
         })
     }
 
@@ -346,55 +369,6 @@ impl Loader {
             version: raw.version.unwrap_or_else(|| default_version.to_owned()),
             default_max_tokens: raw.default_max_tokens.unwrap_or(4096),
         })
-    }
-
-    fn keys(&mut self, value: Value) -> Vec<KeyConfig> {
-        let items = match value {
-            Value::Null => return Vec::new(),
-            Value::Array(items) => items,
-            _ => {
-                self.problem("keys", "must be a list of {name, key, models}");
-                return Vec::new();
-            }
-        };
-        let mut names = HashSet::new();
-        let mut secrets = HashSet::new();
-        let mut out = Vec::new();
-        for (n, value) in items.into_iter().enumerate() {
-            let path = index_path("keys", n);
-            let Some(raw) = self.section::<RawKey>(value, &path) else {
-                continue;
-            };
-            if !names.insert(raw.name.clone()) {
-                self.problem(
-                    &join_path(&path, "name"),
-                    format!("duplicate key name `{}`", raw.name),
-                );
-            }
-            if raw.key.trim().is_empty() {
-                self.problem(&join_path(&path, "key"), "empty client key");
-            } else if !secrets.insert(raw.key.clone()) {
-                self.problem(
-                    &join_path(&path, "key"),
-                    "the same key value is given twice",
-                );
-            }
-            let patterns = raw.models.unwrap_or_else(|| vec!["*".to_owned()]);
-            for (m, pattern) in patterns.iter().enumerate() {
-                if pattern.matches('*').count() > 1 {
-                    self.problem(
-                        &index_path(&join_path(&path, "models"), m),
-                        "a pattern may hold one `*` at most",
-                    );
-                }
-            }
-            out.push(KeyConfig {
-                name: raw.name.into(),
-                key: Secret::new(raw.key),
-                models: patterns.into_iter().map(ModelPattern::new).collect(),
-            });
-        }
-        out
     }
 
     fn telemetry(&mut self, value: Value) -> Option<TelemetryConfig> {

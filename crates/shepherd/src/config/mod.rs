@@ -1,6 +1,7 @@
 //! Configuration: one YAML file, loaded in two phases (raw serde structs, then validated domain
 //! types). `shepherd check` and `shepherd serve` share the same loader.
 
+mod governance;
 mod load;
 mod model;
 mod problems;

@@ -27,12 +27,125 @@ impl std::fmt::Debug for Secret {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    pub admin: Option<AdminConfig>,
+    pub state: StateConfig,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
     pub keys: Vec<KeyConfig>,
+    pub limits: LimitsConfig,
     pub retry: RetryConfig,
     pub circuit: CircuitConfig,
     pub telemetry: TelemetryConfig,
+}
+
+/// The admin API's master key and the server secret that hashes client keys.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub master_key: Secret,
+    pub key_secret: Secret,
+}
+
+/// Where keys and the usage ledger live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(std::path::PathBuf),
+    /// An in-memory SQLite database (tests, and configs not read from a file).
+    SqliteMemory,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub database: Database,
+}
+
+/// A rate limit: `amount` per `period`, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub amount: u64,
+    pub period: Duration,
+    pub burst: u64,
+}
+
+/// Limits beyond the client keys' own.
+#[derive(Debug, Clone, Default)]
+pub struct LimitsConfig {
+    /// Requests per client address.
+    pub per_ip: Option<Rate>,
+    /// Requests per route (`/v1/chat/completions`...).
+    pub per_route: Vec<(String, Rate)>,
+    /// Requests and tokens per model.
+    pub per_model: Vec<(Arc<str>, Option<Rate>, Option<Rate>)>,
+    /// Output tokens reserved at admission when a request sets no `max_tokens`.
+    pub reserve_output_tokens: u64,
+}
+
+/// A client key's own limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct KeyLimits {
+    /// Requests.
+    pub requests: Option<Rate>,
+    /// Tokens (prompt and completion).
+    pub tokens: Option<Rate>,
+    /// Requests in flight at once.
+    pub concurrency: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetPeriod {
+    Day,
+    Week,
+    Month,
+    Total,
+}
+
+impl BudgetPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetPeriod::Day => "day",
+            BudgetPeriod::Week => "week",
+            BudgetPeriod::Month => "month",
+            BudgetPeriod::Total => "total",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<BudgetPeriod> {
+        match text {
+            "day" => Some(BudgetPeriod::Day),
+            "week" => Some(BudgetPeriod::Week),
+            "month" => Some(BudgetPeriod::Month),
+            "total" => Some(BudgetPeriod::Total),
+            _ => None,
+        }
+    }
+}
+
+/// Spending allowed per period, in nano-dollars (exact integer arithmetic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub nano_usd: u64,
+    pub period: BudgetPeriod,
+}
+
+/// A model's price, in nano-dollars per token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Price {
+    pub input: u64,
+    pub output: u64,
+    pub cached_input: u64,
+    pub cache_write: u64,
+}
+
+impl Price {
+    /// From USD per million tokens (one nano-dollar per token is $0.001 per million).
+    pub fn per_million(input: f64, output: f64, cached_input: f64, cache_write: f64) -> Price {
+        let nano = |usd_per_million: f64| (usd_per_million * 1000.0).round().max(0.0) as u64;
+        Price {
+            input: nano(input),
+            output: nano(output),
+            cached_input: nano(cached_input),
+            cache_write: nano(cache_write),
+        }
+    }
 }
 
 /// The attempt loop: how often and how patiently a request is retried.
@@ -70,6 +183,8 @@ pub struct ServerConfig {
     pub cors: Option<CorsConfig>,
     /// Requests that passed this many Shepherd gateways already are refused.
     pub max_hops: u32,
+    /// The admin API on its own address.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -160,6 +275,8 @@ pub struct ModelConfig {
     /// Fall back also when the prompt is too long for the model.
     pub fallback_on_context_window: bool,
     pub canary: Option<CanaryConfig>,
+    /// The price of this model, overriding the built-in catalog.
+    pub price: Option<Price>,
 }
 
 /// How a model's deployments (and a provider's keys) are chosen.
@@ -258,6 +375,11 @@ pub struct KeyConfig {
     pub name: Arc<str>,
     pub key: Secret,
     pub models: Vec<ModelPattern>,
+    pub limits: KeyLimits,
+    pub budget: Option<Budget>,
+    pub metadata: serde_json::Value,
+    /// Unix seconds after which the key is refused.
+    pub expires_at: Option<i64>,
 }
 
 /// A model name, or a pattern with one `*` wildcard (`gpt-*`, `*-mini`, `*`).
@@ -267,6 +389,10 @@ pub struct ModelPattern(String);
 impl ModelPattern {
     pub fn new(pattern: String) -> Self {
         ModelPattern(pattern)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 
     pub fn matches(&self, model: &str) -> bool {

@@ -8,9 +8,12 @@ use serde::Deserialize;
 /// Top-level sections this version understands; anything else is reported as unknown.
 pub const SECTIONS: &[&str] = &[
     "server",
+    "admin",
+    "state",
     "providers",
     "models",
     "keys",
+    "limits",
     "retry",
     "circuit",
     "telemetry",
@@ -26,6 +29,77 @@ pub struct RawServer {
     pub cors: Option<RawCors>,
     /// Requests that already passed this many Shepherd gateways are refused (loop protection).
     pub max_hops: Option<u32>,
+    /// The admin API on its own address (else under `/admin` on `listen`).
+    pub admin_listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub master_key: Option<String>,
+    pub key_secret: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub database: Option<String>,
+    pub redis: Option<String>,
+}
+
+/// A rate: `rps` or `rpm` (requests), `tpm` (tokens), with an optional burst.
+#[derive(Debug, Default, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    pub rps: Option<f64>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub burst: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub per_ip: Option<RawRate>,
+    pub per_route: Option<BTreeMap<String, RawRate>>,
+    pub per_model: Option<BTreeMap<String, RawRate>>,
+    /// Output tokens reserved at admission when a request sets no `max_tokens`.
+    pub reserve_output_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyLimits {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub concurrency: Option<u32>,
+    pub burst: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub usd: f64,
+    pub period: Option<RawPeriod>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawPeriod {
+    Day,
+    Week,
+    Month,
+    Total,
+}
+
+/// USD per million tokens.
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input: f64,
+    pub output: f64,
+    pub cached_input: Option<f64>,
+    pub cache_write: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +162,7 @@ pub struct RawModel {
     /// Also fall back when the upstream says the prompt is too long for the model.
     pub fallback_on_context_window: Option<bool>,
     pub canary: Option<RawCanary>,
+    pub price: Option<RawPrice>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +267,11 @@ pub struct RawKey {
     pub key: String,
     /// Model names or patterns (`gpt-*`, `*`); all models when absent.
     pub models: Option<Vec<String>>,
+    pub limits: Option<RawKeyLimits>,
+    pub budget: Option<RawBudget>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// RFC 3339 time after which the key is refused.
+    pub expires: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

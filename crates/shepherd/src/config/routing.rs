@@ -58,9 +58,36 @@ impl Loader {
             let canary = raw
                 .canary
                 .map(|canary| self.canary(canary, &join_path(&path, "canary"), &name, &known));
+            let price = raw.price.map(|p| {
+                Price::per_million(
+                    p.input,
+                    p.output,
+                    p.cached_input.unwrap_or(p.input),
+                    p.cache_write.unwrap_or(p.input),
+                )
+            });
+            if let Some(raw_price) = raw.price {
+                let all = [
+                    Some(raw_price.input),
+                    Some(raw_price.output),
+                    raw_price.cached_input,
+                    raw_price.cache_write,
+                ];
+                if all
+                    .iter()
+                    .flatten()
+                    .any(|usd| !(usd.is_finite() && *usd >= 0.0))
+                {
+                    self.problem(
+                        &join_path(&path, "price"),
+                        "prices are amounts of USD per million tokens, 0 or more",
+                    );
+                }
+            }
             out.push(ModelConfig {
                 name: name.into(),
                 deployments,
+                price,
                 strategy: match raw.strategy {
                     None | Some(RawStrategy::Weighted) => Strategy::Weighted,
                     Some(RawStrategy::RoundRobin) => Strategy::RoundRobin,

@@ -13,7 +13,7 @@ pub mod strategy;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{CanaryRule, Config, DeploymentConfig};
+use crate::config::{CanaryRule, Config, DeploymentConfig, ModelConfig, Price};
 use crate::providers::Provider;
 use canary::{Requester, chooses_canary};
 use health::{Health, Registry};
@@ -28,6 +28,9 @@ pub struct Deployment {
     pub upstream_model: Arc<str>,
     pub weight: u32,
     pub health: Arc<Health>,
+    /// The price of what it serves: the model's configured price, else the catalog's for the
+    /// upstream model (or the alias).
+    pub price: Option<Price>,
 }
 
 #[derive(Debug)]
@@ -75,7 +78,9 @@ impl ModelTable {
                 .map_err(|error| format!("provider `{}`: {error}", provider.name))?;
             providers.insert(provider.name.clone(), Arc::new(built));
         }
-        let build = |list: &[DeploymentConfig]| -> Result<Vec<Arc<Deployment>>, String> {
+        let build = |model: &ModelConfig,
+                     list: &[DeploymentConfig]|
+         -> Result<Vec<Arc<Deployment>>, String> {
             list.iter()
                 .map(|deployment| {
                     let provider = providers
@@ -83,12 +88,17 @@ impl ModelTable {
                         .ok_or_else(|| format!("unknown provider `{}`", deployment.provider))?;
                     let name: Arc<str> =
                         format!("{}/{}", deployment.provider, deployment.upstream_model).into();
+                    let price = model
+                        .price
+                        .or_else(|| crate::governance::pricing::catalog(&deployment.upstream_model))
+                        .or_else(|| crate::governance::pricing::catalog(&model.name));
                     Ok(Arc::new(Deployment {
                         health: registry.get(&name),
                         name,
                         provider: provider.clone(),
                         upstream_model: deployment.upstream_model.clone(),
                         weight: deployment.weight,
+                        price,
                     }))
                 })
                 .collect()
@@ -99,7 +109,7 @@ impl ModelTable {
             let canary = match &model.canary {
                 Some(canary) => Some((
                     canary.rule.clone(),
-                    Pool::new(build(&canary.deployments)?, model.strategy),
+                    Pool::new(build(model, &canary.deployments)?, model.strategy),
                 )),
                 None => None,
             };
@@ -107,7 +117,7 @@ impl ModelTable {
             routes.insert(
                 model.name.clone(),
                 Route {
-                    stable: Pool::new(build(&model.deployments)?, model.strategy),
+                    stable: Pool::new(build(model, &model.deployments)?, model.strategy),
                     canary,
                     fallbacks: model.fallbacks.clone(),
                     fallback_on_context_window: model.fallback_on_context_window,
@@ -229,6 +239,7 @@ pub fn test_deployment(name: &str, weight: u32) -> Arc<Deployment> {
         upstream_model: "m".into(),
         weight,
         health: registry.get(name),
+        price: None,
     })
 }
 

@@ -32,7 +32,13 @@ pub use edge::REQUEST_ID;
 
 /// The router with every route and layer.
 pub fn app(state: Arc<AppState>) -> Router {
-    let cors = state.runtime().config.server.cors.as_ref().map(cors_layer);
+    let runtime = state.runtime();
+    let cors = runtime.config.server.cors.as_ref().map(cors_layer);
+    // The admin API is here unless it has a listener of its own.
+    let admin = match runtime.config.server.admin_listen {
+        None => crate::api::admin::router(state.clone()),
+        Some(_) => Router::new(),
+    };
     let router = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
@@ -41,6 +47,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/messages", post(anthropic::messages))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .merge(admin)
         .fallback(health::unknown_route)
         .method_not_allowed_fallback(health::method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))
@@ -134,6 +141,11 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
     let grace = config.server.shutdown_grace;
     let state = Arc::new(AppState::new(config, path.clone()).map_err(std::io::Error::other)?);
     let watcher = path.map(|path| reload::watch(state.clone(), path));
+    let refresher = refresh_keys(state.clone());
+    let admin_task = match state.runtime().config.server.admin_listen {
+        Some(admin_addr) => Some(serve_admin(state.clone(), admin_addr).await?),
+        None => None,
+    };
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
@@ -145,8 +157,12 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = graceful_signal.wait_for(|stop| *stop).await;
     });
+    let closing = state.clone();
     let task = tokio::spawn(async move {
         let _stop_watching = watcher.map(AbortOnDrop);
+        let _stop_refreshing = AbortOnDrop(refresher);
+        let _stop_admin = admin_task.map(AbortOnDrop);
+        let _close_ledger = CloseLedger(closing);
         let mut grace_signal = stopped;
         let grace_over = async move {
             let _ = grace_signal.wait_for(|stop| *stop).await;
@@ -167,6 +183,56 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
         stop,
         task,
     })
+}
+
+/// Reads virtual keys from the store every few seconds (keys changed by `shepherd keys` or by
+/// another replica on the same database).
+fn refresh_keys(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let governance = state.governance.clone();
+            let refreshed = tokio::task::spawn_blocking(move || governance.refresh()).await;
+            if let Ok(Err(error)) = refreshed {
+                tracing::warn!(%error, "cannot refresh virtual keys; keeping the ones in memory");
+            }
+        }
+    })
+}
+
+/// Serves the admin API alone on its own address.
+async fn serve_admin(
+    state: Arc<AppState>,
+    addr: SocketAddr,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "admin API listening");
+    let app = crate::api::admin::router(state.clone())
+        .fallback(health::unknown_route)
+        .layer(axum::middleware::from_fn(edge::edge))
+        .with_state(state);
+    Ok(tokio::spawn(async move {
+        if let Err(error) = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        {
+            tracing::error!(%error, "admin listener failed");
+        }
+    }))
+}
+
+/// Flushes and stops the usage ledger's writer when the server stops.
+struct CloseLedger(Arc<AppState>);
+
+impl Drop for CloseLedger {
+    fn drop(&mut self) {
+        self.0.governance.close();
+    }
 }
 
 /// Stops a background task when dropped.

@@ -53,6 +53,8 @@ pub struct AccessRecord<'a> {
     pub error: Option<&'static str>,
     #[serde(flatten)]
     pub usage: Option<TokenCounts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 /// The token counts of a request: prompt (cached included), completion (reasoning included),
@@ -162,6 +164,9 @@ fn human(out: &mut Vec<u8>, now: &Rfc3339, r: &AccessRecord<'_>) -> std::io::Res
             usage.reasoning_tokens,
             usage.usage
         )?;
+    }
+    if let Some(cost) = r.cost_usd {
+        write!(out, " cost_usd={cost}")?;
     }
     write!(out, " total_ms={} outcome={}", r.total_ms, r.outcome)
 }

@@ -15,6 +15,8 @@ pub struct RequestHead {
     pub stream: bool,
     /// The client asked for usage in its stream (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// `max_completion_tokens`, else `max_tokens` (OpenAI and Anthropic), when a number.
+    pub max_output: Option<u64>,
     /// Byte range of the `model` value (quotes included) inside the body.
     model_span: (usize, usize),
     /// Byte range of the `stream_options` value, when present.
@@ -29,6 +31,10 @@ struct RawHead<'a> {
     stream: Option<&'a RawValue>,
     #[serde(borrow)]
     stream_options: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_completion_tokens: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -85,11 +91,14 @@ impl RequestHead {
                 )
             }
         };
+        let number = |raw: Option<&RawValue>| raw.and_then(|raw| raw.get().parse::<u64>().ok());
+        let max_output = number(raw.max_completion_tokens).or(number(raw.max_tokens));
         let start = offset_in(body, model_raw.get().as_bytes());
         Ok(RequestHead {
             model,
             stream,
             include_usage,
+            max_output,
             model_span: (start, start + model_raw.get().len()),
             stream_options_span,
         })

@@ -5,6 +5,8 @@ mod check;
 mod common;
 mod conformance;
 mod errors;
+mod governance;
+mod key_commands;
 mod passthrough;
 mod reload;
 mod resilience;

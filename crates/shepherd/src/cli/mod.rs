@@ -1,4 +1,6 @@
-//! The command line: `serve`, `check`, `version`.
+//! The command line: `serve`, `check`, `keys`, `usage`, `version`.
+
+mod admin;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -30,11 +32,25 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Manage virtual keys (in the config's database, or through a gateway's admin API).
+    Keys {
+        #[command(subcommand)]
+        command: admin::KeysCommand,
+        #[command(flatten)]
+        target: admin::Target,
+    },
+    /// Usage and cost, grouped (a table, JSON or CSV).
+    Usage {
+        #[command(flatten)]
+        query: admin::UsageArgs,
+        #[command(flatten)]
+        target: admin::Target,
+    },
     /// Print the version.
     Version,
 }
 
-fn config_path(given: Option<PathBuf>) -> PathBuf {
+pub(crate) fn config_path(given: Option<PathBuf>) -> PathBuf {
     given
         .or_else(|| std::env::var_os("SHEPHERD_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
@@ -48,6 +64,8 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => check(&config_path(config)),
+        Command::Keys { command, target } => admin::keys(command, &target),
+        Command::Usage { query, target } => admin::usage(&query, &target),
         Command::Serve { config } => {
             let code = serve(&config_path(config));
             crate::telemetry::output::flush();

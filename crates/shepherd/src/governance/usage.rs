@@ -1,0 +1,285 @@
+//! The usage ledger's writer: requests hand their record to a bounded channel (never waiting);
+//! a background thread writes them in batches. When the store fails, records are kept and retried
+//! with backoff, up to a bound; past it the oldest are dropped, counted and logged. `flush` waits
+//! until everything handed over so far is written; `close` flushes and stops (shutdown).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::store::{UsageRecord, UsageStore};
+
+/// Records waiting in the channel before new ones are dropped (the writer is stuck).
+const CHANNEL: usize = 65_536;
+/// Records kept for retry while the store fails.
+const MAX_PENDING: usize = 100_000;
+/// Records per transaction.
+const BATCH: usize = 1_000;
+/// How long records may wait for a batch to fill.
+const INTERVAL: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+enum Message {
+    Record(Box<UsageRecord>),
+    Flush(SyncSender<()>),
+    Stop,
+}
+
+/// Counters of the writer, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct LedgerCounts {
+    pub written: AtomicU64,
+    /// Records lost: the channel was full, or past the retry bound.
+    pub dropped: AtomicU64,
+    /// Failed writes (each retried).
+    pub store_errors: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct UsageWriter {
+    sender: SyncSender<Message>,
+    pub counts: Arc<LedgerCounts>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl UsageWriter {
+    pub fn start(store: Arc<dyn UsageStore>) -> UsageWriter {
+        let (sender, receiver) = sync_channel(CHANNEL);
+        let counts = Arc::new(LedgerCounts::default());
+        let thread_counts = counts.clone();
+        let thread = std::thread::Builder::new()
+            .name("usage-writer".to_owned())
+            .spawn(move || run(store.as_ref(), &receiver, &thread_counts))
+            .ok();
+        UsageWriter {
+            sender,
+            counts,
+            thread: Mutex::new(thread),
+        }
+    }
+
+    /// Hands a record over; never blocks.
+    pub fn record(&self, record: UsageRecord) {
+        match self.sender.try_send(Message::Record(Box::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                let dropped = self.counts.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::error!(
+                        dropped,
+                        "usage ledger: the writer is behind; records dropped"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) until every record handed over before this call is written.
+    pub fn flush(&self) {
+        let (done, wait) = sync_channel(1);
+        if self.sender.send(Message::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(30));
+        }
+    }
+
+    /// Writes what is left and stops the writer.
+    pub fn close(&self) {
+        let _ = self.sender.send(Message::Stop);
+        let thread = match self.thread.lock() {
+            Ok(mut thread) => thread.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Writer<'a> {
+    store: &'a dyn UsageStore,
+    counts: &'a LedgerCounts,
+    pending: VecDeque<UsageRecord>,
+    failures: u32,
+    next_try: Instant,
+}
+
+impl Writer<'_> {
+    fn keep(&mut self, record: UsageRecord) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            let dropped = self.counts.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::error!(
+                    dropped,
+                    "usage ledger: the store keeps failing; oldest records dropped"
+                );
+            }
+        }
+        self.pending.push_back(record);
+    }
+
+    /// Writes pending records in batches; on failure keeps them and backs off.
+    fn write(&mut self, force: bool) {
+        if !force && Instant::now() < self.next_try {
+            return;
+        }
+        while !self.pending.is_empty() {
+            let size = self.pending.len().min(BATCH);
+            let batch: Vec<UsageRecord> = self.pending.iter().take(size).cloned().collect();
+            match self.store.append(&batch) {
+                Ok(()) => {
+                    self.pending.drain(..size);
+                    self.counts
+                        .written
+                        .fetch_add(size as u64, Ordering::Relaxed);
+                    self.failures = 0;
+                }
+                Err(error) => {
+                    self.counts.store_errors.fetch_add(1, Ordering::Relaxed);
+                    self.failures += 1;
+                    let backoff = Duration::from_millis(100)
+                        .saturating_mul(1 << self.failures.min(6))
+                        .min(MAX_BACKOFF);
+                    self.next_try = Instant::now() + backoff;
+                    tracing::warn!(%error, pending = self.pending.len(), retry_in = ?backoff,
+                                   "usage ledger: write failed; records kept for retry");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn run(store: &dyn UsageStore, receiver: &Receiver<Message>, counts: &LedgerCounts) {
+    let mut writer = Writer {
+        store,
+        counts,
+        pending: VecDeque::new(),
+        failures: 0,
+        next_try: Instant::now(),
+    };
+    let mut batch_started: Option<Instant> = None;
+    loop {
+        let message = match receiver.recv_timeout(INTERVAL) {
+            Ok(message) => Some(message),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(Message::Stop),
+        };
+        let timed_out = message.is_none();
+        match message {
+            Some(Message::Record(record)) => {
+                writer.keep(*record);
+                batch_started.get_or_insert_with(Instant::now);
+            }
+            Some(Message::Flush(done)) => {
+                for attempt in 0..3 {
+                    writer.write(true);
+                    if writer.pending.is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50 << attempt));
+                }
+                let _ = done.send(());
+            }
+            Some(Message::Stop) => {
+                writer.write(true);
+                if !writer.pending.is_empty() {
+                    tracing::error!(
+                        lost = writer.pending.len(),
+                        "usage ledger: records not written at shutdown"
+                    );
+                }
+                return;
+            }
+            None => {}
+        }
+        let full = writer.pending.len() >= BATCH;
+        let due = batch_started.is_some_and(|started| started.elapsed() >= INTERVAL);
+        if !writer.pending.is_empty() && (full || due || timed_out) {
+            writer.write(false);
+            batch_started = (!writer.pending.is_empty()).then(Instant::now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoreError, UsageQuery, UsageRow};
+    use std::sync::atomic::AtomicBool;
+
+    #[derive(Debug, Default)]
+    struct Flaky {
+        failing: AtomicBool,
+        rows: Mutex<Vec<UsageRecord>>,
+    }
+
+    impl UsageStore for Flaky {
+        fn append(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(StoreError::Database("disk full".into()));
+            }
+            self.rows.lock().unwrap().extend_from_slice(records);
+            Ok(())
+        }
+        fn spent(&self, _: &str, _: i64) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        fn report(&self, _: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn record(n: usize) -> UsageRecord {
+        UsageRecord {
+            request_id: format!("r{n}"),
+            ts_ms: 0,
+            key_id: "k".into(),
+            key_name: "k".into(),
+            model: None,
+            deployment: None,
+            route: "/v1/chat/completions".into(),
+            status: 200,
+            stream: false,
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            cached_tokens: 0,
+            reasoning_tokens: 0,
+            usage_source: None,
+            cost_nano_usd: 0,
+            saved_nano_usd: 0,
+            latency_ms: 0.0,
+            ttft_ms: None,
+            cache_hit: false,
+            fallback: false,
+        }
+    }
+
+    #[test]
+    fn records_survive_a_failing_store_and_flush_writes_them_all() {
+        let store = Arc::new(Flaky::default());
+        store.failing.store(true, Ordering::Relaxed);
+        let writer = UsageWriter::start(store.clone());
+        for n in 0..2500 {
+            writer.record(record(n));
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(writer.counts.store_errors.load(Ordering::Relaxed) > 0);
+        assert!(store.rows.lock().unwrap().is_empty());
+        store.failing.store(false, Ordering::Relaxed);
+        writer.flush();
+        assert_eq!(store.rows.lock().unwrap().len(), 2500);
+        assert_eq!(writer.counts.written.load(Ordering::Relaxed), 2500);
+        assert_eq!(writer.counts.dropped.load(Ordering::Relaxed), 0);
+        writer.record(record(9999));
+        writer.close();
+        assert_eq!(
+            store.rows.lock().unwrap().len(),
+            2501,
+            "close writes what is left"
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! Durable state behind small traits: virtual keys (`KeyStore`) and the usage ledger
+//! (`UsageStore`). The embedded default is SQLite (`sqlite.rs`); a shared PostgreSQL backend
+//! implements the same traits. Nothing on a request's path calls these: keys are cached in
+//! memory and usage is written in batches by a background writer.
+
+pub mod sqlite;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// A virtual key as stored: never its secret, only HMACs of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredKey {
+    pub id: String,
+    pub name: String,
+    pub secret_hash: Vec<u8>,
+    /// The secret before the last rotation, valid until `previous_until` (unix seconds).
+    pub previous_hash: Option<Vec<u8>>,
+    pub previous_until: Option<i64>,
+    pub models: Vec<String>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub concurrency: Option<u32>,
+    pub budget_nano_usd: Option<u64>,
+    pub budget_period: Option<String>,
+    pub expires_at: Option<i64>,
+    pub metadata: Value,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// One request in the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageRecord {
+    pub request_id: String,
+    /// Unix milliseconds.
+    pub ts_ms: i64,
+    pub key_id: String,
+    pub key_name: String,
+    pub model: Option<String>,
+    pub deployment: Option<String>,
+    pub route: String,
+    pub status: u16,
+    pub stream: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// `reported`, `estimated`, or none (no upstream answer).
+    pub usage_source: Option<&'static str>,
+    pub cost_nano_usd: u64,
+    /// What a cache hit saved.
+    pub saved_nano_usd: u64,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub cache_hit: bool,
+    pub fallback: bool,
+}
+
+/// What a usage report groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Key,
+    Model,
+    Deployment,
+    Day,
+    Hour,
+}
+
+impl GroupBy {
+    pub fn parse(text: &str) -> Option<GroupBy> {
+        match text.trim() {
+            "key" => Some(GroupBy::Key),
+            "model" => Some(GroupBy::Model),
+            "deployment" => Some(GroupBy::Deployment),
+            "day" => Some(GroupBy::Day),
+            "hour" => Some(GroupBy::Hour),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupBy::Key => "key",
+            GroupBy::Model => "model",
+            GroupBy::Deployment => "deployment",
+            GroupBy::Day => "day",
+            GroupBy::Hour => "hour",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UsageQuery {
+    pub group_by: Vec<GroupBy>,
+    /// Unix milliseconds, inclusive.
+    pub from_ms: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    pub to_ms: Option<i64>,
+    /// Only this key (by id).
+    pub key_id: Option<String>,
+}
+
+/// One line of a usage report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageRow {
+    /// The value of each `group_by` field, in order.
+    pub groups: Vec<(String, String)>,
+    pub requests: u64,
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cost_nano_usd: u64,
+    pub saved_nano_usd: u64,
+    pub cache_hits: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(String),
+    #[error("no key with id `{0}`")]
+    NotFound(String),
+}
+
+pub trait KeyStore: Send + Sync + std::fmt::Debug {
+    /// Inserts or replaces a key.
+    fn save_key(&self, key: &StoredKey) -> Result<(), StoreError>;
+    fn load_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+}
+
+pub trait UsageStore: Send + Sync + std::fmt::Debug {
+    /// Appends records in one transaction.
+    fn append(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
+    /// What a key spent since `since_ms`, in nano-dollars.
+    fn spent(&self, key_id: &str, since_ms: i64) -> Result<u64, StoreError>;
+    fn report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
+}
