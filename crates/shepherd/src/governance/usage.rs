@@ -1,97 +1,107 @@
-//! The usage ledger's writer: requests hand their record to a bounded channel (never waiting);
-//! a background thread writes them in batches. When the store fails, records are kept and retried
-//! with backoff, up to a bound; past it the oldest are dropped, counted and logged. `flush` waits
-//! until everything handed over so far is written; `close` flushes and stops (shutdown).
+//! The usage ledger's writer: requests append their record to a shared buffer (a short lock,
+//! no wake-up, never waiting on the database); a background thread takes the buffer every 200 ms
+//! and writes it in batches. When the store fails, records are kept and retried with backoff, up
+//! to a bound; past it the oldest are dropped, counted and logged. `flush` waits until
+//! everything handed over so far is written; `close` flushes and stops (shutdown).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::store::{UsageRecord, UsageStore};
 
-/// Records waiting in the channel before new ones are dropped (the writer is stuck).
-const CHANNEL: usize = 65_536;
+/// Records waiting for the writer before new ones are dropped (the writer is stuck).
+const BUFFER: usize = 65_536;
 /// Records kept for retry while the store fails.
 const MAX_PENDING: usize = 100_000;
 /// Records per transaction.
 const BATCH: usize = 1_000;
-/// How long records may wait for a batch to fill.
+/// How often the writer takes what was handed over.
 const INTERVAL: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-enum Message {
-    Record(Box<UsageRecord>),
-    Flush(SyncSender<()>),
-    Stop,
-}
 
 /// Counters of the writer, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct LedgerCounts {
     pub written: AtomicU64,
-    /// Records lost: the channel was full, or past the retry bound.
+    /// Records lost: the buffer was full, or past the retry bound.
     pub dropped: AtomicU64,
     /// Failed writes (each retried).
     pub store_errors: AtomicU64,
 }
 
+#[derive(Debug, Default)]
+struct Shared {
+    buffer: Mutex<Vec<UsageRecord>>,
+    /// Wakes the writer early: a flush or the stop.
+    wake: Condvar,
+    flushes: Mutex<Vec<SyncSender<()>>>,
+    stop: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 #[derive(Debug)]
 pub struct UsageWriter {
-    sender: SyncSender<Message>,
+    shared: Arc<Shared>,
     pub counts: Arc<LedgerCounts>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl UsageWriter {
     pub fn start(store: Arc<dyn UsageStore>) -> UsageWriter {
-        let (sender, receiver) = sync_channel(CHANNEL);
+        let shared = Arc::new(Shared::default());
         let counts = Arc::new(LedgerCounts::default());
-        let thread_counts = counts.clone();
+        let (thread_shared, thread_counts) = (shared.clone(), counts.clone());
         let thread = std::thread::Builder::new()
             .name("usage-writer".to_owned())
-            .spawn(move || run(store.as_ref(), &receiver, &thread_counts))
+            .spawn(move || run(store.as_ref(), &thread_shared, &thread_counts))
             .ok();
         UsageWriter {
-            sender,
+            shared,
             counts,
             thread: Mutex::new(thread),
         }
     }
 
-    /// Hands a record over; never blocks.
+    /// Hands a record over; never blocks on the database.
     pub fn record(&self, record: UsageRecord) {
-        match self.sender.try_send(Message::Record(Box::new(record))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                let dropped = self.counts.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if dropped.is_power_of_two() {
-                    tracing::error!(
-                        dropped,
-                        "usage ledger: the writer is behind; records dropped"
-                    );
-                }
+        let mut buffer = lock(&self.shared.buffer);
+        if buffer.len() >= BUFFER {
+            drop(buffer);
+            let dropped = self.counts.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::error!(
+                    dropped,
+                    "usage ledger: the writer is behind; records dropped"
+                );
             }
+            return;
         }
+        buffer.push(record);
     }
 
     /// Waits (bounded) until every record handed over before this call is written.
     pub fn flush(&self) {
         let (done, wait) = sync_channel(1);
-        if self.sender.send(Message::Flush(done)).is_ok() {
-            let _ = wait.recv_timeout(Duration::from_secs(30));
-        }
+        lock(&self.shared.flushes).push(done);
+        self.shared.wake.notify_one();
+        let _ = wait.recv_timeout(Duration::from_secs(30));
     }
 
     /// Writes what is left and stops the writer.
     pub fn close(&self) {
-        let _ = self.sender.send(Message::Stop);
-        let thread = match self.thread.lock() {
-            Ok(mut thread) => thread.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_one();
+        let thread = lock(&self.thread).take();
         if let Some(thread) = thread {
             let _ = thread.join();
         }
@@ -107,18 +117,20 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    fn keep(&mut self, record: UsageRecord) {
-        if self.pending.len() >= MAX_PENDING {
-            self.pending.pop_front();
-            let dropped = self.counts.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped.is_power_of_two() {
-                tracing::error!(
-                    dropped,
-                    "usage ledger: the store keeps failing; oldest records dropped"
-                );
+    fn keep(&mut self, records: Vec<UsageRecord>) {
+        for record in records {
+            if self.pending.len() >= MAX_PENDING {
+                self.pending.pop_front();
+                let dropped = self.counts.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::error!(
+                        dropped,
+                        "usage ledger: the store keeps failing; oldest records dropped"
+                    );
+                }
             }
+            self.pending.push_back(record);
         }
-        self.pending.push_back(record);
     }
 
     /// Writes pending records in batches; on failure keeps them and backs off.
@@ -128,8 +140,8 @@ impl Writer<'_> {
         }
         while !self.pending.is_empty() {
             let size = self.pending.len().min(BATCH);
-            let batch: Vec<UsageRecord> = self.pending.iter().take(size).cloned().collect();
-            match self.store.append(&batch) {
+            let batch = self.pending.make_contiguous();
+            match self.store.append(&batch[..size]) {
                 Ok(()) => {
                     self.pending.drain(..size);
                     self.counts
@@ -153,7 +165,7 @@ impl Writer<'_> {
     }
 }
 
-fn run(store: &dyn UsageStore, receiver: &Receiver<Message>, counts: &LedgerCounts) {
+fn run(store: &dyn UsageStore, shared: &Shared, counts: &LedgerCounts) {
     let mut writer = Writer {
         store,
         counts,
@@ -161,46 +173,47 @@ fn run(store: &dyn UsageStore, receiver: &Receiver<Message>, counts: &LedgerCoun
         failures: 0,
         next_try: Instant::now(),
     };
-    let mut batch_started: Option<Instant> = None;
     loop {
-        let message = match receiver.recv_timeout(INTERVAL) {
-            Ok(message) => Some(message),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => Some(Message::Stop),
+        let taken = {
+            let buffer = lock(&shared.buffer);
+            let asked = shared.stop.load(Ordering::Relaxed) || !lock(&shared.flushes).is_empty();
+            let mut buffer = if asked {
+                buffer
+            } else {
+                match shared.wake.wait_timeout(buffer, INTERVAL) {
+                    Ok((buffer, _)) => buffer,
+                    Err(poisoned) => poisoned.into_inner().0,
+                }
+            };
+            std::mem::take(&mut *buffer)
         };
-        let timed_out = message.is_none();
-        match message {
-            Some(Message::Record(record)) => {
-                writer.keep(*record);
-                batch_started.get_or_insert_with(Instant::now);
-            }
-            Some(Message::Flush(done)) => {
-                for attempt in 0..3 {
-                    writer.write(true);
-                    if writer.pending.is_empty() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50 << attempt));
-                }
-                let _ = done.send(());
-            }
-            Some(Message::Stop) => {
-                writer.write(true);
-                if !writer.pending.is_empty() {
-                    tracing::error!(
-                        lost = writer.pending.len(),
-                        "usage ledger: records not written at shutdown"
-                    );
-                }
-                return;
-            }
-            None => {}
-        }
-        let full = writer.pending.len() >= BATCH;
-        let due = batch_started.is_some_and(|started| started.elapsed() >= INTERVAL);
-        if !writer.pending.is_empty() && (full || due || timed_out) {
+        writer.keep(taken);
+        let flushes: Vec<SyncSender<()>> = std::mem::take(&mut *lock(&shared.flushes));
+        let stopping = shared.stop.load(Ordering::Relaxed);
+        if flushes.is_empty() && !stopping {
             writer.write(false);
-            batch_started = (!writer.pending.is_empty()).then(Instant::now);
+            continue;
+        }
+        // A flush or the stop: take what arrived meanwhile too, and insist a little.
+        writer.keep(std::mem::take(&mut *lock(&shared.buffer)));
+        for attempt in 0..3 {
+            writer.write(true);
+            if writer.pending.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50 << attempt));
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+        if stopping {
+            if !writer.pending.is_empty() {
+                tracing::error!(
+                    lost = writer.pending.len(),
+                    "usage ledger: records not written at shutdown"
+                );
+            }
+            return;
         }
     }
 }
