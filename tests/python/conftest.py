@@ -61,6 +61,12 @@ models:
     deployments: [{{provider: anth, model: claude-sonnet-4-5}}]
   gemini-x:
     deployments: [{{provider: gem, model: gemini-2.5-flash}}]
+  cached-gpt:
+    deployments: [{{provider: up, model: upstream-gpt-4.1}}]
+    cache: {{ttl: 1h}}
+  cached-claude:
+    deployments: [{{provider: anth, model: claude-sonnet-4-5}}]
+    cache: {{ttl: 1h}}
 keys:
   - {{name: sdk-tests, key: {client_key}}}
   - {{name: limited, key: {limited_key}, models: ['local-*']}}

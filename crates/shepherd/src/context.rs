@@ -121,8 +121,12 @@ impl RequestContext {
     pub fn set_fallback(&self) {
         self.update(|f| f.fallback = true);
     }
-    pub fn set_cache_hit(&self) {
-        self.update(|f| f.cache_hit = true);
+    /// The cache answered; `deployment` produced the cached answer.
+    pub fn set_cache_hit(&self, deployment: Arc<str>) {
+        self.update(|f| {
+            f.cache_hit = true;
+            f.deployment = Some(deployment);
+        });
     }
     pub fn set_request(&self, model: &str, stream: bool, bytes_in: usize) {
         self.update(|f| {
@@ -244,12 +248,22 @@ impl RequestContext {
                 .find(|(name, _)| name == served)
                 .map(|(_, price)| *price)
         });
-        let cost = match accounting.admission {
-            Some(admission) => admission.settle(usage.as_ref(), price.as_ref()),
-            None => match (&usage, &price) {
-                (Some(usage), Some(price)) => crate::governance::pricing::cost(price, usage),
-                _ => 0,
-            },
+        let priced = match (&usage, &price) {
+            (Some(usage), Some(price)) => crate::governance::pricing::cost(price, usage),
+            _ => 0,
+        };
+        // A cache hit used no upstream: it costs nothing, and saved what it would have cost.
+        let (cost, saved) = if fields.cache_hit {
+            if let Some(admission) = accounting.admission {
+                admission.settle(None, None);
+            }
+            (0, priced)
+        } else {
+            let cost = match accounting.admission {
+                Some(admission) => admission.settle(usage.as_ref(), price.as_ref()),
+                None => priced,
+            };
+            (cost, 0)
         };
         let (key_id, key_name) = fields.key.clone()?;
         let elapsed = self.started.elapsed();
@@ -269,7 +283,7 @@ impl RequestContext {
             reasoning_tokens: usage.map_or(0, |u| u.reasoning),
             usage_source: fields.usage.map(|(_, source)| source.as_str()),
             cost_nano_usd: cost,
-            saved_nano_usd: 0,
+            saved_nano_usd: saved,
             latency_ms: millis(Some(elapsed)).unwrap_or_default(),
             ttft_ms: millis(fields.upstream_first_byte),
             cache_hit: fields.cache_hit,

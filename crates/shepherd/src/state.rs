@@ -49,6 +49,8 @@ pub struct AppState {
     pub health: Registry,
     /// Keys, limits, budgets and the usage ledger (outlives reloads).
     pub governance: Arc<Governance>,
+    /// The response cache (outlives reloads).
+    pub cache: Arc<crate::cache::Cache>,
     /// Set on SIGTERM: `/readyz` answers 503 while in-flight work drains.
     pub draining: AtomicBool,
     pub reloads: ReloadCounts,
@@ -60,11 +62,13 @@ impl AppState {
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Self, String> {
         let health = Registry::default();
         let governance = Arc::new(Governance::new(&config)?);
+        let cache = Arc::new(crate::cache::Cache::new(&config.cache));
         let runtime = build(config, &health)?;
         Ok(AppState {
             runtime: RwLock::new(Arc::new(runtime)),
             health,
             governance,
+            cache,
             draining: AtomicBool::new(false),
             reloads: ReloadCounts::default(),
             config_path,
@@ -157,6 +161,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if format!("{:?}", old.server.cors) != format!("{:?}", new.server.cors) {
         changed.push("server.cors");
+    }
+    if old.cache.max_bytes != new.cache.max_bytes {
+        changed.push("cache.max_bytes");
     }
     if old.state.database != new.state.database {
         changed.push("state.database");

@@ -18,35 +18,47 @@ use crate::translate::errors::ErrorKind;
 use crate::translate::ir::{self, Response as Answer, Usage, UsageSource};
 use crate::translate::{anthropic, errors, gemini, openai};
 
-/// A successful answer, in the client's protocol.
+/// A successful answer, in the client's protocol; also its body (for the cache).
 pub fn success(
     ctx: &RequestContext,
     exchange: &Exchange,
     status: StatusCode,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<(Response, Bytes), ApiError> {
     match &exchange.conversion {
         Conversion::Passthrough { wire, .. } => {
             let (usage, source) = passthrough_usage(*wire, &bytes, exchange.prompt_estimate)?;
             ctx.set_usage(usage, source);
-            Ok(whole_response(status, headers, bytes))
+            Ok((whole_response(status, headers, bytes.clone()), bytes))
         }
         Conversion::Translate(translation) => {
             let body: Value = serde_json::from_slice(&bytes)
                 .map_err(|_| ApiError::upstream_bad_response("the body is not valid JSON"))?;
-            let encoded = translate(ctx, exchange, translation, &body)?;
+            let encoded = Bytes::from(translate(ctx, exchange, translation, &body)?.to_string());
             let mut headers = headers;
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            Ok(whole_response(
-                StatusCode::OK,
-                headers,
-                Bytes::from(encoded.to_string()),
+            Ok((
+                whole_response(StatusCode::OK, headers, encoded.clone()),
+                encoded,
             ))
         }
+    }
+}
+
+/// The canonical form of an answer body in the client's protocol (`None` for embeddings, which
+/// have none, or a body that is not an answer).
+pub fn canonical(endpoint: Endpoint, body: &[u8]) -> Option<Answer> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    match endpoint {
+        Endpoint::Messages => anthropic::response::decode(&value).ok(),
+        Endpoint::ChatCompletions | Endpoint::Completions => {
+            openai::response::decode_chat(&value).ok()
+        }
+        Endpoint::Embeddings => None,
     }
 }
 

@@ -54,6 +54,21 @@ pub struct Job<'a> {
     pub headers: &'a HeaderMap,
     pub stream: bool,
     pub hops: u32,
+    /// The right to store the answer in the cache (a cache miss).
+    pub fill: std::sync::Mutex<Option<crate::cache::Fill>>,
+}
+
+impl Job<'_> {
+    fn wants_capture(&self) -> bool {
+        self.fill.lock().is_ok_and(|fill| fill.is_some())
+    }
+
+    fn take_fill(&self) -> Option<crate::cache::Fill> {
+        match self.fill.lock() {
+            Ok(mut fill) => fill.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
 }
 
 /// A failed attempt: what the client gets if it is the last word, and what it means.
@@ -372,11 +387,15 @@ async fn attempt(
             prompt_estimate: exchange.prompt_estimate,
             secrets: deployment.provider.secrets().into(),
             inflight: Some(inflight),
+            capture: job.wants_capture().then(|| deployment.provider.wire()),
         };
-        let relay = Relay::start(upstream.body, mode, settings, first_byte_deadline)
+        let mut relay = Relay::start(upstream.body, mode, settings, first_byte_deadline)
             .await
             .map_err(Failure::of)?;
         ctx.set_upstream_first_byte(ctx.started.elapsed());
+        if let Some(fill) = job.take_fill() {
+            relay.fill_cache(fill, deployment.name.clone());
+        }
         return Ok(relay.into_response(upstream.status, client_headers));
     }
     ctx.set_upstream_first_byte(ctx.started.elapsed());
@@ -386,8 +405,19 @@ async fn attempt(
     ctx.set_upstream_done();
     drop(inflight);
     if upstream.status.is_success() {
-        return answer::success(ctx, &exchange, upstream.status, client_headers, bytes)
-            .map_err(Failure::of);
+        let (response, body) =
+            answer::success(ctx, &exchange, upstream.status, client_headers, bytes)
+                .map_err(Failure::of)?;
+        if let Some(fill) = job.take_fill() {
+            let answer = answer::canonical(job.endpoint, &body).map(|mut answer| {
+                if answer.usage.is_none() {
+                    answer.usage = ctx.usage().map(|(usage, _)| usage);
+                }
+                answer
+            });
+            fill.store(answer, Some(body), deployment.name.clone());
+        }
+        return Ok(response);
     }
     let retry_after = retry::retry_after(&upstream.headers);
     let failed = answer::upstream_error(

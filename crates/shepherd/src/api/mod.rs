@@ -24,4 +24,13 @@ pub const ROUTES: &[&str] = &[
     "/v1/models",
 ];
 
+/// The routes whose answers can be cached.
+pub const CACHEABLE_ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+];
+
+pub use answer::{new_id, unix_now};
 pub use attempts::{ATTEMPTS_HEADER, CANARY_HEADER, DEPLOYMENT_HEADER, FALLBACK_HEADER};

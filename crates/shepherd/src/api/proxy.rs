@@ -5,19 +5,21 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use tokio::time::Instant;
 
-use super::attempts::{self, Job};
+use super::attempts::{self, ATTEMPTS_HEADER, DEPLOYMENT_HEADER, Job};
 use super::body;
 use super::errors::{ApiError, ClientProtocol};
+use crate::cache::{CACHE_HEADER, Cache, Lookup, replay};
 use crate::context::{Accounting, RequestContext};
 use crate::governance::admission::Demand;
 use crate::providers::Endpoint;
 use crate::providers::remote::HOPS_HEADER;
 use crate::routing::canary::Requester;
 use crate::state::AppState;
-use crate::translate::ir::estimate_tokens;
+use crate::translate::ir::{UsageSource, estimate_tokens};
 use crate::wire::openai::RequestHead;
 
 impl Endpoint {
@@ -123,6 +125,46 @@ pub async fn proxy(
         prices,
         ledger: governance.writer.clone(),
     });
+    let config = &runtime.config;
+    let model_cache = runtime.models.cache_of(&head.model);
+    let ask = model_cache
+        .map_or(config.cache.enabled, |cache| cache.enabled)
+        .then(|| {
+            Cache::ask(
+                &config.cache,
+                model_cache.and_then(|cache| cache.ttl),
+                endpoint,
+                &key.id,
+                headers,
+                &body,
+            )
+        })
+        .flatten();
+    let mut fill = None;
+    if let Some(ask) = &ask {
+        let deadline = Instant::from_std(ctx.started) + server.timeouts.total;
+        match state.cache.lookup(ask, deadline).await {
+            Lookup::Hit(entry) => {
+                if let Some(mut response) =
+                    replay::respond(&entry, endpoint, stream, head.include_usage, &head.model)
+                {
+                    ctx.set_cache_hit(entry.deployment.clone());
+                    if let Some(usage) = entry.answer.as_ref().and_then(|a| a.usage) {
+                        ctx.set_usage(usage, UsageSource::Reported);
+                    }
+                    let headers = response.headers_mut();
+                    headers.insert(CACHE_HEADER, HeaderValue::from_static("HIT"));
+                    headers.insert(ATTEMPTS_HEADER, HeaderValue::from_static("0"));
+                    if let Ok(name) = HeaderValue::from_str(&entry.deployment) {
+                        headers.insert(DEPLOYMENT_HEADER, name);
+                    }
+                    rate_headers.apply(headers, protocol);
+                    return Ok(response);
+                }
+            }
+            Lookup::Miss(leader) => fill = leader,
+        }
+    }
     let job = Job {
         runtime: &runtime,
         ctx,
@@ -132,9 +174,15 @@ pub async fn proxy(
         headers,
         stream,
         hops,
+        fill: std::sync::Mutex::new(fill),
     };
     let mut response = attempts::run(job, plan).await?;
     rate_headers.apply(response.headers_mut(), protocol);
+    if ask.is_some() && response.status().is_success() {
+        response
+            .headers_mut()
+            .insert(CACHE_HEADER, HeaderValue::from_static("MISS"));
+    }
     Ok(response)
 }
 

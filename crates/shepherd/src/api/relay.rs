@@ -19,6 +19,8 @@ use tokio::time::{Instant, timeout_at};
 
 use super::answer::estimate;
 use super::errors::{ApiError, ClientProtocol};
+use crate::cache::Fill;
+use crate::cache::replay::AnswerBuilder;
 use crate::config::{Secret, Wire};
 use crate::context::RequestContext;
 use crate::providers::{UpstreamBody, redact_secrets};
@@ -87,6 +89,18 @@ pub struct Settings {
     pub secrets: Arc<[Secret]>,
     /// Counts the stream as in flight on its deployment until it ends.
     pub inflight: Option<InflightGuard>,
+    /// Gather the answer for the cache (the upstream's protocol, for a pass-through stream).
+    pub capture: Option<Wire>,
+}
+
+/// What gathers a stream's answer for the cache: a decoder of the upstream's events (only a
+/// pass-through stream needs one; a translated stream is decoded anyway), the answer so far,
+/// and, once the stream is served, the right to store it.
+struct Capture {
+    decoder: Option<Box<dyn Decoder>>,
+    builder: AnswerBuilder,
+    fill: Option<(Fill, Arc<str>)>,
+    events: Vec<Event>,
 }
 
 pub struct Relay {
@@ -94,6 +108,7 @@ pub struct Relay {
     splitter: EventSplitter,
     mode: Mode,
     settings: Settings,
+    capture: Option<Capture>,
     /// Output produced while waiting for the first event.
     primed: Option<Bytes>,
     finished: bool,
@@ -116,11 +131,18 @@ impl Relay {
         settings: Settings,
         first_byte_deadline: Instant,
     ) -> Result<Relay, ApiError> {
+        let capture = settings.capture.map(|wire| Capture {
+            decoder: matches!(mode, Mode::Passthrough(_)).then(|| upstream_decoder(wire)),
+            builder: AnswerBuilder::default(),
+            fill: None,
+            events: Vec::new(),
+        });
         let mut relay = Relay {
             upstream,
             splitter: EventSplitter::default(),
             mode,
             settings,
+            capture,
             primed: None,
             finished: false,
         };
@@ -163,6 +185,13 @@ impl Relay {
                     return Err(ApiError::upstream_bad_response(&detail));
                 }
             }
+        }
+    }
+
+    /// Stores the stream's answer in the cache when it completes.
+    pub fn fill_cache(&mut self, fill: Fill, deployment: Arc<str>) {
+        if let Some(capture) = &mut self.capture {
+            capture.fill = Some((fill, deployment));
         }
     }
 
@@ -238,6 +267,9 @@ impl Relay {
         let Some(whole) = self.splitter.push(chunk) else {
             return Ok(None);
         };
+        if let Some(capture) = &mut self.capture {
+            capture.gather(&whole);
+        }
         match &mut self.mode {
             Mode::Passthrough(watch) => Ok(watch_events(watch, whole)),
             Mode::Translate(translator) => {
@@ -251,6 +283,9 @@ impl Relay {
                             DecodeError::Malformed(detail) => Break::Malformed(detail),
                         })?;
                     for event in translator.scratch.drain(..) {
+                        if let Some(capture) = &mut self.capture {
+                            capture.builder.push(&event);
+                        }
                         translator.encoder.encode(event, &mut out);
                     }
                 }
@@ -267,6 +302,7 @@ impl Relay {
             Mode::Passthrough(watch) if watch.done => {
                 let (usage, chars) = (watch.usage, watch.output_chars);
                 self.record_usage(usage, chars);
+                self.store_capture();
                 self.settings.ctx.set_body_done();
                 None
             }
@@ -285,6 +321,7 @@ impl Relay {
                 if let Mode::Translate(translator) = &mut self.mode {
                     translator.encoder.finish(&usage, &mut out);
                 }
+                self.store_capture();
                 self.settings.ctx.set_body_done();
                 Some(out.freeze())
             }
@@ -294,6 +331,22 @@ impl Relay {
                     "The upstream ended the stream before it was complete.",
                 ))
             }
+        }
+    }
+
+    /// A complete stream: its answer goes to the cache (with the usage that was recorded).
+    fn store_capture(&mut self) {
+        let Some(capture) = self.capture.take() else {
+            return;
+        };
+        let Some((fill, deployment)) = capture.fill else {
+            return;
+        };
+        if let Some(mut answer) = capture.builder.finish() {
+            if answer.usage.is_none() {
+                answer.usage = self.settings.ctx.usage().map(|(usage, _)| usage);
+            }
+            fill.store(Some(answer), None, deployment);
         }
     }
 
@@ -370,6 +423,35 @@ impl Relay {
             failure.message = String::from_utf8_lossy(&clean).into_owned();
         }
         failure
+    }
+}
+
+impl Capture {
+    /// Decodes passed-through events on the side (a translated stream's events are pushed as
+    /// they are decoded). Anything that does not decode just leaves the answer unstored.
+    fn gather(&mut self, whole: &[u8]) {
+        let Some(decoder) = &mut self.decoder else {
+            return;
+        };
+        for event in events::events(whole) {
+            if decoder.decode(event, &mut self.events).is_err() {
+                self.fill = None;
+                self.decoder = None;
+                return;
+            }
+            for event in self.events.drain(..) {
+                self.builder.push(&event);
+            }
+        }
+    }
+}
+
+/// The decoder of an upstream protocol's stream.
+pub fn upstream_decoder(wire: Wire) -> Box<dyn Decoder> {
+    match wire {
+        Wire::OpenAi => Box::<openai::stream::ChatDecoder>::default(),
+        Wire::Anthropic => Box::<anthropic::stream::MessagesDecoder>::default(),
+        Wire::Gemini => Box::<crate::translate::gemini::stream::GenerateDecoder>::default(),
     }
 }
 

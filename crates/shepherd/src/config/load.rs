@@ -141,6 +141,7 @@ impl Loader {
         let limits = self.limits(take("limits"), &models);
         let retry = self.retry(take("retry"));
         let circuit = self.circuit(take("circuit"));
+        let cache = self.cache(take("cache"));
         let telemetry = self.telemetry(take("telemetry"));
         Some(Config {
             server: server?,
@@ -152,6 +153,7 @@ impl Loader {
             limits: limits?,
             retry: retry?,
             circuit: circuit?,
+            cache: cache?,
             telemetry: telemetry?,
         })
     }

@@ -35,7 +35,35 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub retry: RetryConfig,
     pub circuit: CircuitConfig,
+    pub cache: CacheConfig,
     pub telemetry: TelemetryConfig,
+}
+
+/// Whether answers are shared between client keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheScope {
+    Shared,
+    /// Each client key has its own entries.
+    Key,
+}
+
+/// The response cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// On for every model (the `cache` section is there); models can still opt in or out.
+    pub enabled: bool,
+    pub max_bytes: u64,
+    pub ttl: Duration,
+    pub scope: CacheScope,
+    /// Routes whose answers are cached.
+    pub routes: Vec<String>,
+}
+
+/// A model's own cache setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelCache {
+    pub enabled: bool,
+    pub ttl: Option<Duration>,
 }
 
 /// The admin API's master key and the server secret that hashes client keys.
@@ -277,6 +305,7 @@ pub struct ModelConfig {
     pub canary: Option<CanaryConfig>,
     /// The price of this model, overriding the built-in catalog.
     pub price: Option<Price>,
+    pub cache: Option<ModelCache>,
 }
 
 /// How a model's deployments (and a provider's keys) are chosen.

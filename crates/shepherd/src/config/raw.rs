@@ -16,6 +16,7 @@ pub const SECTIONS: &[&str] = &[
     "limits",
     "retry",
     "circuit",
+    "cache",
     "telemetry",
 ];
 
@@ -163,6 +164,32 @@ pub struct RawModel {
     pub fallback_on_context_window: Option<bool>,
     pub canary: Option<RawCanary>,
     pub price: Option<RawPrice>,
+    pub cache: Option<RawModelCache>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModelCache {
+    pub enabled: Option<bool>,
+    pub ttl: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// `memory` (Redis is planned).
+    pub backend: Option<String>,
+    pub max_bytes: Option<RawSize>,
+    pub ttl: Option<RawDuration>,
+    pub scope: Option<RawCacheScope>,
+    pub routes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawCacheScope {
+    Shared,
+    Key,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

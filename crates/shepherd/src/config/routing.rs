@@ -85,6 +85,10 @@ impl Loader {
                 }
             }
             out.push(ModelConfig {
+                cache: raw.cache.map(|cache| ModelCache {
+                    enabled: cache.enabled.unwrap_or(true),
+                    ttl: cache.ttl.map(|d| d.0),
+                }),
                 name: name.into(),
                 deployments,
                 price,
@@ -223,6 +227,53 @@ impl Loader {
             backoff,
             max_backoff,
             max_retry_after: raw.max_retry_after.map_or(Duration::from_secs(30), |d| d.0),
+        })
+    }
+
+    pub(super) fn cache(&mut self, value: Value) -> Option<CacheConfig> {
+        let enabled = !value.is_null();
+        let raw: RawCache = if value.is_null() {
+            RawCache::default()
+        } else {
+            self.section(value, "cache")?
+        };
+        if let Some(backend) = raw.backend.as_deref().filter(|b| *b != "memory") {
+            self.problem(
+                "cache.backend",
+                format!(
+                    "`{backend}` is not supported by this version; use memory (Redis is planned)"
+                ),
+            );
+        }
+        let routes = match raw.routes {
+            None => crate::api::CACHEABLE_ROUTES
+                .iter()
+                .map(|r| (*r).to_owned())
+                .collect(),
+            Some(routes) => {
+                for (n, route) in routes.iter().enumerate() {
+                    if !crate::api::CACHEABLE_ROUTES.contains(&route.as_str()) {
+                        self.problem(
+                            &index_path("cache.routes", n),
+                            format!(
+                                "`{route}` cannot be cached; one of {}",
+                                crate::api::CACHEABLE_ROUTES.join(", ")
+                            ),
+                        );
+                    }
+                }
+                routes
+            }
+        };
+        Some(CacheConfig {
+            enabled,
+            max_bytes: raw.max_bytes.map_or(256 * 1024 * 1024, |size| size.0),
+            ttl: raw.ttl.map_or(Duration::from_secs(3600), |d| d.0),
+            scope: match raw.scope {
+                Some(RawCacheScope::Key) => CacheScope::Key,
+                Some(RawCacheScope::Shared) | None => CacheScope::Shared,
+            },
+            routes,
         })
     }
 

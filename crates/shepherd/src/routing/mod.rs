@@ -39,6 +39,7 @@ struct Route {
     canary: Option<(CanaryRule, Pool)>,
     fallbacks: Vec<Arc<str>>,
     fallback_on_context_window: bool,
+    cache: Option<crate::config::ModelCache>,
 }
 
 /// One deployment to try, and the model it serves.
@@ -121,6 +122,7 @@ impl ModelTable {
                     canary,
                     fallbacks: model.fallbacks.clone(),
                     fallback_on_context_window: model.fallback_on_context_window,
+                    cache: model.cache,
                 },
             );
         }
@@ -141,6 +143,11 @@ impl ModelTable {
 
     pub fn contains(&self, model: &str) -> bool {
         self.routes.contains_key(model)
+    }
+
+    /// The model's own cache setting, if it has one.
+    pub fn cache_of(&self, model: &str) -> Option<crate::config::ModelCache> {
+        self.routes.get(model).and_then(|route| route.cache)
     }
 
     /// Every deployment name in use, for pruning the health registry after a reload.

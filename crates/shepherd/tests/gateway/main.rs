@@ -1,6 +1,7 @@
 //! Black-box tests of the real server (router, lifecycle, binary) against mock-upstream.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cache;
 mod check;
 mod common;
 mod conformance;

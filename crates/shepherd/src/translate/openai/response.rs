@@ -54,7 +54,7 @@ pub fn usage_json(usage: &Usage) -> Value {
     })
 }
 
-/// Decodes an OpenAI-compatible chat completion (the first choice).
+/// Decodes an OpenAI-compatible chat completion, or a legacy text completion (the first choice).
 pub fn decode_chat(body: &Value) -> Result<Response, String> {
     let choice = body["choices"]
         .get(0)
@@ -83,6 +83,10 @@ pub fn decode_chat(body: &Value) -> Result<Response, String> {
     }
     if let Some(refusal) = message["refusal"].as_str().filter(|r| !r.is_empty()) {
         parts.push(Part::Text(refusal.to_owned()));
+    }
+    // A legacy text completion.
+    if let Some(text) = choice["text"].as_str().filter(|t| !t.is_empty()) {
+        parts.push(Part::Text(text.to_owned()));
     }
     if let Some(calls) = message["tool_calls"].as_array() {
         for call in calls {

@@ -86,6 +86,10 @@ impl Decoder for ChatDecoder {
             if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
                 out.push(Event::Text(text.to_owned()));
             }
+            // A legacy completion chunk.
+            if let Some(text) = choice["text"].as_str().filter(|t| !t.is_empty()) {
+                out.push(Event::Text(text.to_owned()));
+            }
             if let Some(text) = delta["refusal"].as_str().filter(|t| !t.is_empty()) {
                 out.push(Event::Text(text.to_owned()));
             }

@@ -1,0 +1,232 @@
+//! The response cache: exact-match answers keyed on the canonical request (`key.rs`), kept in a
+//! bounded store (`store.rs`), replayed whole or as a stream (`replay.rs`). Only complete,
+//! successful answers are stored. Concurrent identical misses are coalesced: one request (the
+//! leader) calls upstream, the others wait for it, within their own deadline, and share its
+//! answer. `Cache-Control: no-cache` skips the lookup, `no-store` the store, and
+//! `x-shepherd-cache-ttl` sets the entry's lifetime.
+
+pub mod key;
+pub mod replay;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::{CacheConfig, CacheScope};
+use crate::providers::Endpoint;
+use crate::translate::ir;
+use store::{CacheStore, Entry, MemoryStore};
+
+/// The response header that says whether an answer came from the cache.
+pub const CACHE_HEADER: &str = "x-cache";
+/// A request header that sets how long its answer is kept.
+pub const TTL_HEADER: &str = "x-shepherd-cache-ttl";
+
+/// Counters, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct CacheCounts {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub stores: AtomicU64,
+    /// Requests that waited for an identical one in flight.
+    pub coalesced: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Cache {
+    store: Box<dyn CacheStore>,
+    /// Keys being filled now, and the signal that they are done.
+    inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    pub counts: CacheCounts,
+}
+
+/// What a request asks of the cache.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub key: String,
+    /// `Cache-Control: no-cache`: do not answer from the cache.
+    pub skip_lookup: bool,
+    /// `Cache-Control: no-store`: do not keep the answer.
+    pub skip_store: bool,
+    pub ttl: Duration,
+}
+
+/// The outcome of a lookup.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(Arc<Entry>),
+    /// Go upstream; store the answer through the fill (if it is to be stored).
+    Miss(Option<Fill>),
+}
+
+impl Cache {
+    pub fn new(config: &CacheConfig) -> Cache {
+        Cache {
+            store: Box::new(MemoryStore::new(config.max_bytes)),
+            inflight: Mutex::new(HashMap::new()),
+            counts: CacheCounts::default(),
+        }
+    }
+
+    pub fn store(&self) -> &dyn CacheStore {
+        self.store.as_ref()
+    }
+
+    /// What this request asks of the cache, if its route and model are cached.
+    pub fn ask(
+        config: &CacheConfig,
+        model_ttl: Option<Duration>,
+        endpoint: Endpoint,
+        key_id: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<Ask> {
+        let route = endpoint.route();
+        if !config.routes.iter().any(|r| r == route) {
+            return None;
+        }
+        let control = headers
+            .get_all(axum::http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|directive| directive.trim().to_ascii_lowercase())
+            .collect::<Vec<_>>();
+        let scope = match config.scope {
+            CacheScope::Shared => "shared".to_owned(),
+            CacheScope::Key => format!("key:{key_id}"),
+        };
+        let ttl = headers
+            .get(TTL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| humantime::parse_duration(v.trim()).ok())
+            .or(model_ttl)
+            .unwrap_or(config.ttl);
+        Some(Ask {
+            key: key::of(route, &scope, body)?,
+            skip_lookup: control.iter().any(|d| d == "no-cache"),
+            skip_store: control.iter().any(|d| d == "no-store") || ttl.is_zero(),
+            ttl,
+        })
+    }
+
+    /// Looks `ask` up; on a miss the caller may become the leader that fills the key, or wait
+    /// (until `deadline`) for the leader already filling it and share its answer.
+    pub async fn lookup(self: &Arc<Self>, ask: &Ask, deadline: Instant) -> Lookup {
+        enum Role {
+            Leader(watch::Sender<bool>),
+            Follower(watch::Receiver<bool>),
+            /// `no-cache`: neither waits nor makes others wait.
+            Alone,
+        }
+        let mut waited = false;
+        loop {
+            if !ask.skip_lookup {
+                if let Some(entry) = self.store.get(&ask.key) {
+                    self.counts.hits.fetch_add(1, Ordering::Relaxed);
+                    if waited {
+                        self.counts.coalesced.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Lookup::Hit(entry);
+                }
+            }
+            if ask.skip_store {
+                self.counts.misses.fetch_add(1, Ordering::Relaxed);
+                return Lookup::Miss(None);
+            }
+            let role = {
+                let mut inflight = lock(&self.inflight);
+                match inflight.get(&ask.key) {
+                    Some(_) if ask.skip_lookup => Role::Alone,
+                    Some(done) => Role::Follower(done.clone()),
+                    None => {
+                        let (signal, done) = watch::channel(false);
+                        inflight.insert(ask.key.clone(), done);
+                        Role::Leader(signal)
+                    }
+                }
+            };
+            let signal = match role {
+                Role::Leader(signal) => Some(signal),
+                Role::Alone => None,
+                Role::Follower(mut done) => {
+                    let finished = tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await;
+                    if finished.is_err() {
+                        // Out of time waiting: go upstream alone (and store, if it can).
+                        self.counts.misses.fetch_add(1, Ordering::Relaxed);
+                        return Lookup::Miss(Some(self.fill(ask, None)));
+                    }
+                    waited = true;
+                    continue;
+                }
+            };
+            self.counts.misses.fetch_add(1, Ordering::Relaxed);
+            return Lookup::Miss(Some(self.fill(ask, signal)));
+        }
+    }
+
+    fn fill(self: &Arc<Self>, ask: &Ask, signal: Option<watch::Sender<bool>>) -> Fill {
+        Fill {
+            cache: self.clone(),
+            key: ask.key.clone(),
+            ttl: ask.ttl,
+            signal,
+        }
+    }
+}
+
+/// The right (and duty) to store the answer of a missed key; dropping it (stored or not)
+/// wakes the requests that wait for this key.
+#[derive(Debug)]
+pub struct Fill {
+    cache: Arc<Cache>,
+    key: String,
+    ttl: Duration,
+    signal: Option<watch::Sender<bool>>,
+}
+
+impl Fill {
+    /// Stores a complete, successful answer.
+    pub fn store(self, answer: Option<ir::Response>, body: Option<Bytes>, deployment: Arc<str>) {
+        let entry = Entry {
+            answer,
+            body,
+            deployment,
+            expires_at: Instant::now() + self.ttl,
+        };
+        self.cache.store.put(self.key.clone(), Arc::new(entry));
+        self.cache.counts.stores.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        let Some(signal) = self.signal.take() else {
+            return;
+        };
+        {
+            let mut inflight = lock(&self.cache.inflight);
+            let ours = inflight
+                .get(&self.key)
+                .is_some_and(|done| done.same_channel(&signal.subscribe()));
+            if ours {
+                inflight.remove(&self.key);
+            }
+        }
+        let _ = signal.send(true);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
