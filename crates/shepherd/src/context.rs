@@ -14,6 +14,7 @@ use crate::config::Price;
 use crate::governance::admission::{Admission, now_ms};
 use crate::governance::usage::UsageWriter;
 use crate::store::UsageRecord;
+use crate::telemetry::metrics::{Metrics, OTHER};
 use crate::translate::ir::{Usage, UsageSource};
 
 /// What settles a request at its end: its admission, the prices of the deployments that may
@@ -50,6 +51,8 @@ impl Outcome {
 struct Fields {
     /// The key's id and name.
     key: Option<(Arc<str>, Arc<str>)>,
+    /// A configured model (metrics label only those); in flight while the request lasts.
+    known_model: Option<Arc<str>>,
     accounting: Option<Accounting>,
     fallback: bool,
     cache_hit: bool,
@@ -77,6 +80,7 @@ pub struct RequestContext {
     /// Whether this request gets an access log line (health probes do not).
     logged: bool,
     bytes_out: AtomicU64,
+    metrics: Option<Arc<Metrics>>,
     fields: Mutex<Fields>,
 }
 
@@ -87,6 +91,7 @@ impl RequestContext {
         method: &str,
         route: &str,
         logged: bool,
+        metrics: Option<Arc<Metrics>>,
     ) -> Self {
         RequestContext {
             request_id,
@@ -97,7 +102,20 @@ impl RequestContext {
             logged,
             bytes_out: AtomicU64::new(0),
             fields: Mutex::new(Fields::default()),
+            metrics,
         }
+    }
+
+    /// The request is for a configured model: it is counted in flight until it ends.
+    pub fn set_known_model(&self, model: Arc<str>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.inflight.with_label_values(&[&model]).inc();
+        }
+        self.update(|f| f.known_model = Some(model));
+    }
+
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
     }
 
     fn update(&self, change: impl FnOnce(&mut Fields)) {
@@ -193,6 +211,7 @@ impl Drop for RequestContext {
             Err(poisoned) => std::mem::take(poisoned.into_inner()),
         };
         let cost = self.settle(&mut fields);
+        self.record_metrics(&fields, cost);
         if !self.logged {
             return;
         }
@@ -230,15 +249,59 @@ impl Drop for RequestContext {
                     reasoning_tokens: usage.reasoning,
                     usage: source.as_str(),
                 }),
-            cost_usd: cost.map(crate::governance::pricing::usd),
+            cost_usd: cost.map(|(cost, _)| crate::governance::pricing::usd(cost)),
         });
     }
 }
 
 impl RequestContext {
+    /// Counts the request in the metrics: requests, durations, tokens, cost.
+    fn record_metrics(&self, fields: &Fields, cost: Option<(u64, u64)>) {
+        let Some(metrics) = &self.metrics else { return };
+        let model = fields.known_model.as_deref();
+        if let Some(model) = model {
+            metrics.inflight.with_label_values(&[model]).dec();
+        }
+        if !self.logged {
+            return;
+        }
+        let route = route_label(&self.route);
+        let model = model.unwrap_or(if fields.model.is_some() { OTHER } else { "" });
+        let status = fields.status.to_string();
+        let deployment = fields.deployment.as_deref().unwrap_or_default();
+        metrics
+            .requests
+            .with_label_values(&[route, model, deployment, &status])
+            .inc();
+        Metrics::observe(
+            &metrics.request_duration,
+            &[route, model],
+            self.started.elapsed(),
+        );
+        // Only answers that carried tokens: an upstream error's first byte is not a first token.
+        let answered = (200..300).contains(&fields.status) && !fields.cache_hit;
+        if let (Some(first_byte), true) = (fields.upstream_first_byte, answered) {
+            Metrics::observe(&metrics.time_to_first_token, &[model], first_byte);
+        }
+        if let (Some((usage, _)), false) = (&fields.usage, fields.cache_hit) {
+            metrics.count_tokens(model, fields.key.as_ref().map(|(_, name)| &**name), usage);
+        }
+        if let (Some((cost, saved)), Some((_, key))) = (cost, &fields.key) {
+            let key = metrics.key_label(key);
+            if cost > 0 {
+                let usd = crate::governance::pricing::usd(cost);
+                metrics.cost.with_label_values(&[model, key]).inc_by(usd);
+            }
+            if saved > 0 {
+                let usd = crate::governance::pricing::usd(saved);
+                metrics.saved.with_label_values(&[model, key]).inc_by(usd);
+            }
+        }
+    }
+
     /// Reconciles the admission with the real usage and hands the usage record to the ledger;
-    /// returns the cost, when the request was accounted.
-    fn settle(&self, fields: &mut Fields) -> Option<u64> {
+    /// returns the cost and what a cache hit saved, when the request was accounted.
+    fn settle(&self, fields: &mut Fields) -> Option<(u64, u64)> {
         let accounting = fields.accounting.take()?;
         let usage = fields.usage.map(|(usage, _)| usage);
         let price = fields.deployment.as_ref().and_then(|served| {
@@ -289,6 +352,17 @@ impl RequestContext {
             cache_hit: fields.cache_hit,
             fallback: fields.fallback,
         });
-        Some(cost)
+        Some((cost, saved))
+    }
+}
+
+/// The metrics label of a path: a known route, `/admin`, or `other`.
+fn route_label(path: &str) -> &str {
+    if crate::api::ROUTES.contains(&path) {
+        path
+    } else if path == "/admin" || path.starts_with("/admin/") {
+        "/admin"
+    } else {
+        OTHER
     }
 }

@@ -51,6 +51,7 @@ pub struct AppState {
     pub governance: Arc<Governance>,
     /// The response cache (outlives reloads).
     pub cache: Arc<crate::cache::Cache>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Set on SIGTERM: `/readyz` answers 503 while in-flight work drains.
     pub draining: AtomicBool,
     pub reloads: ReloadCounts,
@@ -63,12 +64,16 @@ impl AppState {
         let health = Registry::default();
         let governance = Arc::new(Governance::new(&config)?);
         let cache = Arc::new(crate::cache::Cache::new(&config.cache));
+        let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(
+            config.telemetry.key_labels,
+        ));
         let runtime = build(config, &health)?;
         Ok(AppState {
             runtime: RwLock::new(Arc::new(runtime)),
             health,
             governance,
             cache,
+            metrics,
             draining: AtomicBool::new(false),
             reloads: ReloadCounts::default(),
             config_path,
@@ -124,10 +129,18 @@ impl AppState {
         match &outcome {
             Ok(()) => {
                 self.reloads.succeeded.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["success"])
+                    .inc();
                 tracing::info!("config reloaded");
             }
             Err(problems) => {
                 self.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
                 tracing::error!(%problems, "config reload refused; the running config keeps serving");
             }
         }
@@ -175,6 +188,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         != new.admin.as_ref().map(|a| a.key_secret.expose().to_owned())
     {
         changed.push("admin.key_secret");
+    }
+    if old.telemetry.metrics_listen != new.telemetry.metrics_listen
+        || old.telemetry.key_labels != new.telemetry.key_labels
+    {
+        changed.push("telemetry.metrics");
     }
     if old.telemetry.access_log != new.telemetry.access_log
         || old.telemetry.log_format != new.telemetry.log_format

@@ -113,6 +113,9 @@ pub async fn run(job: Job<'_>, plan: Plan) -> Result<Response, ApiError> {
     let mut cursor = 0usize;
     let mut waits = 0u32;
     let mut last: Option<Failure> = None;
+    // The deployment and reason of the failure the next attempt retries (for the metric).
+    let mut retrying: Option<(Arc<str>, &'static str)> = None;
+    let metrics = job.ctx.metrics().cloned();
     while attempts < retry.attempts && Instant::now() < deadline {
         let Some((index, key)) = next_candidate(job.runtime, candidates, cursor) else {
             // Everything is out of service for now. When an upstream of this very request said
@@ -144,11 +147,21 @@ pub async fn run(job: Job<'_>, plan: Plan) -> Result<Response, ApiError> {
         }
         tried[index] = true;
         attempts += 1;
+        if let (Some((failed, reason)), Some(metrics)) = (retrying.take(), &metrics) {
+            metrics.retries.with_label_values(&[&failed, reason]).inc();
+        }
         let candidate = &candidates[index];
         let deployment = &candidate.deployment;
         job.ctx.set_deployment(deployment.name.clone());
         let started = Instant::now();
-        match attempt(&job, candidate, key, deadline).await {
+        let outcome = attempt(&job, candidate, key, deadline).await;
+        if let Some(metrics) = &metrics {
+            metrics
+                .upstream_duration
+                .with_label_values(&[&deployment.name])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        match outcome {
             Ok(mut response) => {
                 deployment.health.breaker.success(circuit);
                 if let Some(key) = key.and_then(|k| deployment.provider.key_health(k)) {
@@ -157,6 +170,12 @@ pub async fn run(job: Job<'_>, plan: Plan) -> Result<Response, ApiError> {
                 deployment.health.record_latency(started.elapsed());
                 if candidate.fallback {
                     job.ctx.set_fallback();
+                    if let Some(metrics) = &metrics {
+                        metrics
+                            .fallbacks
+                            .with_label_values(&[job.head.model.as_str(), &*candidate.model])
+                            .inc();
+                    }
                 }
                 decorate(response.headers_mut(), candidate, &plan, attempts);
                 return Ok(response);
@@ -166,6 +185,7 @@ pub async fn run(job: Job<'_>, plan: Plan) -> Result<Response, ApiError> {
                 tracing::info!(request_id = %job.ctx.request_id, deployment = %deployment.name,
                                attempt = attempts, kind = ?failure.kind, ?verdict, "attempt failed");
                 let key_health = key.and_then(|k| deployment.provider.key_health(k));
+                retrying = Some((deployment.name.clone(), reason_of(failure.kind)));
                 match verdict {
                     Verdict::Final => {
                         // The upstream answered; the request itself was wrong.
@@ -223,6 +243,19 @@ pub async fn run(job: Job<'_>, plan: Plan) -> Result<Response, ApiError> {
                 .saturating_duration_since(Instant::now());
             Err(ApiError::no_healthy_deployment(&job.head.model, wait))
         }
+    }
+}
+
+/// The `reason` label of a failure.
+fn reason_of(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::RateLimited => "rate_limited",
+        ErrorKind::Overloaded => "overloaded",
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::Server => "server_error",
+        ErrorKind::Authentication | ErrorKind::Billing | ErrorKind::Permission => "key_refused",
+        ErrorKind::InvalidRequest => "context_window",
+        ErrorKind::NotFound | ErrorKind::TooLarge => "other",
     }
 }
 

@@ -1,4 +1,5 @@
-//! Liveness and readiness probes, and the JSON answers for unknown routes and wrong methods.
+//! Liveness and readiness probes, `/metrics`, and the JSON answers for unknown routes and wrong
+//! methods.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,6 +29,19 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         Json(json!({"status": "ready"})).into_response()
     }
+}
+
+/// `/metrics`: every metric in Prometheus' text format.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.metrics.render(&state);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 pub async fn unknown_route(method: Method, uri: Uri) -> Response {

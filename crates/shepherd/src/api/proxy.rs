@@ -71,9 +71,10 @@ pub async fn proxy(
     let head = RequestHead::parse(&body)?;
     let stream = head.stream && endpoint != Endpoint::Embeddings;
     ctx.set_request(&head.model, stream, body.len());
-    if !runtime.models.contains(&head.model) {
+    let Some(model_name) = runtime.models.name_of(&head.model) else {
         return Err(ApiError::unknown_model(&head.model));
-    }
+    };
+    ctx.set_known_model(model_name);
     if !key.allows(&head.model) {
         return Err(ApiError::model_not_allowed(&head.model));
     }
@@ -143,7 +144,18 @@ pub async fn proxy(
     let mut fill = None;
     if let Some(ask) = &ask {
         let deadline = Instant::from_std(ctx.started) + server.timeouts.total;
-        match state.cache.lookup(ask, deadline).await {
+        let lookup = state.cache.lookup(ask, deadline).await;
+        let result = if matches!(lookup, Lookup::Hit(_)) {
+            "hit"
+        } else {
+            "miss"
+        };
+        state
+            .metrics
+            .cache_requests
+            .with_label_values(&[result])
+            .inc();
+        match lookup {
             Lookup::Hit(entry) => {
                 if let Some(mut response) =
                     replay::respond(&entry, endpoint, stream, head.include_usage, &head.model)

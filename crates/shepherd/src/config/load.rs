@@ -384,10 +384,24 @@ impl Loader {
             Some(RawLogFormat::Off) => LogFormat::Off,
             Some(RawLogFormat::Json) | None => LogFormat::Json,
         };
+        let metrics_listen = match raw.metrics_listen.as_deref().map(str::parse::<SocketAddr>) {
+            None => None,
+            Some(Ok(addr)) => Some(addr),
+            Some(Err(_)) => {
+                self.problem(
+                    "telemetry.metrics_listen",
+                    "not an address; write e.g. 0.0.0.0:9090",
+                );
+                None
+            }
+        };
         Some(TelemetryConfig {
             access_log: format(raw.access_log),
             log_format: format(raw.log_format),
             log_level: raw.log_level.unwrap_or_else(|| "info".to_owned()),
+            metrics: raw.metrics.unwrap_or(true),
+            metrics_listen,
+            key_labels: raw.key_labels.unwrap_or(true),
         })
     }
 }

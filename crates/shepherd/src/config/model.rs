@@ -451,6 +451,12 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// A `tracing` filter, e.g. `info` or `shepherd=debug`.
     pub log_level: String,
+    /// Serve `/metrics`.
+    pub metrics: bool,
+    /// `/metrics` on its own address.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Key names as metric labels.
+    pub key_labels: bool,
 }
 
 #[cfg(test)]

@@ -307,6 +307,12 @@ pub struct RawTelemetry {
     pub access_log: Option<RawLogFormat>,
     pub log_format: Option<RawLogFormat>,
     pub log_level: Option<String>,
+    /// Serve `/metrics` (default true).
+    pub metrics: Option<bool>,
+    /// `/metrics` on its own address instead of the main listener.
+    pub metrics_listen: Option<String>,
+    /// Key names as metric labels (default true).
+    pub key_labels: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

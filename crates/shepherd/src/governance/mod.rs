@@ -295,6 +295,28 @@ impl Governance {
         limits.get(model)
     }
 
+    /// Every key with a budget, static (of `keys`) and virtual: its name, the budget and what it
+    /// spent in the current period, both in nano-dollars.
+    pub fn budgets(&self, keys: &[crate::config::KeyConfig]) -> Vec<(Arc<str>, u64, u64)> {
+        let now = now_ms();
+        let statics = keys.iter().map(|key| Arc::new(ClientKey::of_config(key)));
+        let virtuals = self
+            .virtual_keys()
+            .into_iter()
+            .map(|key| key.client.clone());
+        statics
+            .chain(virtuals)
+            .filter_map(|key| {
+                let budget = key.budget?;
+                let spending = self.state(&key.id).spending_now();
+                let current =
+                    spending.period_start_ms == Some(period::start_ms(budget.period, now));
+                let spent = if current { spending.spent } else { 0 };
+                Some((key.name.clone(), budget.nano_usd, spent))
+            })
+            .collect()
+    }
+
     /// Writes what is left of the ledger and stops the writer (shutdown).
     pub fn close(&self) {
         self.writer.close();

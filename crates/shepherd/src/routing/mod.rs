@@ -145,6 +145,13 @@ impl ModelTable {
         self.routes.contains_key(model)
     }
 
+    /// The configured name of `model` (shared, for labels), if it is one.
+    pub fn name_of(&self, model: &str) -> Option<Arc<str>> {
+        self.routes
+            .get_key_value(model)
+            .map(|(name, _)| name.clone())
+    }
+
     /// The model's own cache setting, if it has one.
     pub fn cache_of(&self, model: &str) -> Option<crate::config::ModelCache> {
         self.routes.get(model).and_then(|route| route.cache)

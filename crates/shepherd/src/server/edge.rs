@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -16,6 +16,7 @@ use http_body::{Frame, SizeHint};
 
 use crate::api::errors::{ApiError, ClientProtocol};
 use crate::context::RequestContext;
+use crate::state::AppState;
 use axum::response::IntoResponse;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -23,7 +24,11 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Routes whose requests get no access log line (probes would drown the log).
 const QUIET_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
-pub async fn edge(mut request: Request, next: Next) -> Response {
+pub async fn edge(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let request_id = request
         .headers()
         .get(&REQUEST_ID)
@@ -43,6 +48,7 @@ pub async fn edge(mut request: Request, next: Next) -> Response {
         request.method().as_str(),
         path,
         logged,
+        Some(state.metrics.clone()),
     ));
     request.extensions_mut().insert(ctx.clone());
     let mut response = next.run(request).await;
@@ -59,6 +65,9 @@ pub async fn edge(mut request: Request, next: Next) -> Response {
     ctx.set_status(response.status().as_u16());
     if let Some(error) = response.extensions().get::<ApiError>() {
         ctx.set_error(error.code);
+        if let Some(scope) = error.limit_scope {
+            state.metrics.ratelimited.with_label_values(&[scope]).inc();
+        }
         if error.status.is_server_error() {
             tracing::warn!(request_id = %ctx.request_id, code = error.code, message = %error.message, "request failed");
         }

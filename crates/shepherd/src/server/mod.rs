@@ -39,6 +39,13 @@ pub fn app(state: Arc<AppState>) -> Router {
         None => crate::api::admin::router(state.clone()),
         Some(_) => Router::new(),
     };
+    // `/metrics` too, unless it is off or on its own address.
+    let telemetry = &runtime.config.telemetry;
+    let metrics = if telemetry.metrics && telemetry.metrics_listen.is_none() {
+        Router::new().route("/metrics", get(health::metrics))
+    } else {
+        Router::new()
+    };
     let router = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
@@ -48,10 +55,14 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(admin)
+        .merge(metrics)
         .fallback(health::unknown_route)
         .method_not_allowed_fallback(health::method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(axum::middleware::from_fn(edge::edge))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::edge,
+        ))
         .with_state(state);
     match cors {
         Some(cors) => router.layer(cors),
@@ -146,6 +157,11 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
         Some(admin_addr) => Some(serve_admin(state.clone(), admin_addr).await?),
         None => None,
     };
+    let telemetry = state.runtime().config.telemetry.clone();
+    let metrics_task = match (telemetry.metrics, telemetry.metrics_listen) {
+        (true, Some(metrics_addr)) => Some(serve_metrics(state.clone(), metrics_addr).await?),
+        _ => None,
+    };
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
@@ -162,6 +178,7 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
         let _stop_watching = watcher.map(AbortOnDrop);
         let _stop_refreshing = AbortOnDrop(refresher);
         let _stop_admin = admin_task.map(AbortOnDrop);
+        let _stop_metrics = metrics_task.map(AbortOnDrop);
         let _close_ledger = CloseLedger(closing);
         let mut grace_signal = stopped;
         let grace_over = async move {
@@ -212,7 +229,10 @@ async fn serve_admin(
     tracing::info!(addr = %listener.local_addr()?, "admin API listening");
     let app = crate::api::admin::router(state.clone())
         .fallback(health::unknown_route)
-        .layer(axum::middleware::from_fn(edge::edge))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::edge,
+        ))
         .with_state(state);
     Ok(tokio::spawn(async move {
         if let Err(error) = axum::serve(
@@ -222,6 +242,24 @@ async fn serve_admin(
         .await
         {
             tracing::error!(%error, "admin listener failed");
+        }
+    }))
+}
+
+/// Serves `/metrics` alone on its own address.
+async fn serve_metrics(
+    state: Arc<AppState>,
+    addr: SocketAddr,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    let app = Router::new()
+        .route("/metrics", get(health::metrics))
+        .fallback(health::unknown_route)
+        .with_state(state);
+    Ok(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "metrics listener failed");
         }
     }))
 }

@@ -1,5 +1,6 @@
-//! Telemetry: logs now; metrics and traces join here, all names in one place.
+//! Telemetry: the access log, the general log, and the metrics (every name in `metrics.rs`).
 
 pub mod access;
 pub mod logging;
+pub mod metrics;
 pub mod output;

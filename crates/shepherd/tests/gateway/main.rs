@@ -8,6 +8,7 @@ mod conformance;
 mod errors;
 mod governance;
 mod key_commands;
+mod metrics;
 mod passthrough;
 mod reload;
 mod resilience;
