@@ -10,11 +10,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use opentelemetry::KeyValue;
+
 use crate::config::Price;
 use crate::governance::admission::{Admission, now_ms};
 use crate::governance::usage::UsageWriter;
 use crate::store::UsageRecord;
 use crate::telemetry::metrics::{Metrics, OTHER};
+use crate::telemetry::traces::{AttemptTrace, RequestTrace, operation_of};
 use crate::translate::ir::{Usage, UsageSource};
 
 /// What settles a request at its end: its admission, the prices of the deployments that may
@@ -81,6 +84,8 @@ pub struct RequestContext {
     logged: bool,
     bytes_out: AtomicU64,
     metrics: Option<Arc<Metrics>>,
+    /// The request's span, when traces are on.
+    trace: Option<RequestTrace>,
     fields: Mutex<Fields>,
 }
 
@@ -92,6 +97,7 @@ impl RequestContext {
         route: &str,
         logged: bool,
         metrics: Option<Arc<Metrics>>,
+        trace: Option<RequestTrace>,
     ) -> Self {
         RequestContext {
             request_id,
@@ -103,6 +109,7 @@ impl RequestContext {
             bytes_out: AtomicU64::new(0),
             fields: Mutex::new(Fields::default()),
             metrics,
+            trace,
         }
     }
 
@@ -116,6 +123,48 @@ impl RequestContext {
 
     pub fn metrics(&self) -> Option<&Arc<Metrics>> {
         self.metrics.as_ref()
+    }
+
+    /// Starts the span of an upstream attempt (`None` without traces).
+    pub fn trace_attempt(
+        &self,
+        deployment: &crate::routing::Deployment,
+        attempt: u32,
+    ) -> Option<AttemptTrace> {
+        let trace = self.trace.as_ref()?;
+        let provider = &deployment.provider;
+        let mut attributes = vec![
+            KeyValue::new("gen_ai.operation.name", operation_of(&self.route)),
+            KeyValue::new("gen_ai.provider.name", provider.system_name()),
+            KeyValue::new(
+                "gen_ai.request.model",
+                deployment.upstream_model.to_string(),
+            ),
+            KeyValue::new("shepherd.deployment", deployment.name.to_string()),
+            KeyValue::new("shepherd.attempt", i64::from(attempt)),
+        ];
+        let server = provider
+            .base_url()
+            .and_then(|url| url.parse::<axum::http::Uri>().ok());
+        if let Some(uri) = server {
+            if let Some(host) = uri.host() {
+                attributes.push(KeyValue::new("server.address", host.to_owned()));
+            }
+            let port = uri.port_u16().or(match uri.scheme_str() {
+                Some("https") => Some(443),
+                Some("http") => Some(80),
+                _ => None,
+            });
+            if let Some(port) = port {
+                attributes.push(KeyValue::new("server.port", i64::from(port)));
+            }
+        }
+        let name = format!(
+            "{} {}",
+            operation_of(&self.route),
+            deployment.upstream_model
+        );
+        Some(trace.attempt(name, attributes))
     }
 
     fn update(&self, change: impl FnOnce(&mut Fields)) {
@@ -147,6 +196,15 @@ impl RequestContext {
         });
     }
     pub fn set_request(&self, model: &str, stream: bool, bytes_in: usize) {
+        if let Some(trace) = &self.trace {
+            let operation = operation_of(&self.route);
+            trace.rename(format!("{operation} {model}"));
+            trace.set(vec![
+                KeyValue::new("gen_ai.operation.name", operation),
+                KeyValue::new("gen_ai.request.model", model.to_owned()),
+                KeyValue::new("shepherd.stream", stream),
+            ]);
+        }
         self.update(|f| {
             f.model = Some(model.to_owned());
             f.stream = stream;
@@ -212,6 +270,7 @@ impl Drop for RequestContext {
         };
         let cost = self.settle(&mut fields);
         self.record_metrics(&fields, cost);
+        self.finish_trace(&fields, cost);
         if !self.logged {
             return;
         }
@@ -356,8 +415,45 @@ impl RequestContext {
     }
 }
 
+impl RequestContext {
+    /// Ends the request's span with what the request became (GenAI attributes).
+    fn finish_trace(&self, fields: &Fields, cost: Option<(u64, u64)>) {
+        let Some(trace) = &self.trace else { return };
+        let mut attributes = vec![
+            KeyValue::new("shepherd.request_id", self.request_id.clone()),
+            KeyValue::new("shepherd.cache_hit", fields.cache_hit),
+            KeyValue::new("shepherd.fallback", fields.fallback),
+        ];
+        if let Some(deployment) = &fields.deployment {
+            attributes.push(KeyValue::new("shepherd.deployment", deployment.to_string()));
+        }
+        if let (Some((_, key)), Some(metrics)) = (&fields.key, &self.metrics) {
+            if metrics.key_labels {
+                attributes.push(KeyValue::new("shepherd.key", key.to_string()));
+            }
+        }
+        if let Some((usage, _)) = &fields.usage {
+            let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            attributes.push(KeyValue::new(
+                "gen_ai.usage.input_tokens",
+                tokens(usage.input),
+            ));
+            attributes.push(KeyValue::new(
+                "gen_ai.usage.output_tokens",
+                tokens(usage.output),
+            ));
+        }
+        if let Some((cost, _)) = cost {
+            let usd = crate::governance::pricing::usd(cost);
+            attributes.push(KeyValue::new("shepherd.cost_usd", usd));
+        }
+        trace.set(attributes);
+        trace.finish(fields.status, fields.error);
+    }
+}
+
 /// The metrics label of a path: a known route, `/admin`, or `other`.
-fn route_label(path: &str) -> &str {
+pub fn route_label(path: &str) -> &str {
     if crate::api::ROUTES.contains(&path) {
         path
     } else if path == "/admin" || path.starts_with("/admin/") {

@@ -52,6 +52,8 @@ pub struct AppState {
     /// The response cache (outlives reloads).
     pub cache: Arc<crate::cache::Cache>,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// Traces over OTLP, when `telemetry.otlp_endpoint` is set.
+    pub traces: Option<Arc<crate::telemetry::traces::Traces>>,
     /// Set on SIGTERM: `/readyz` answers 503 while in-flight work drains.
     pub draining: AtomicBool,
     pub reloads: ReloadCounts,
@@ -67,6 +69,10 @@ impl AppState {
         let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(
             config.telemetry.key_labels,
         ));
+        let traces = match &config.telemetry.traces {
+            Some(traces) => Some(Arc::new(crate::telemetry::traces::Traces::start(traces)?)),
+            None => None,
+        };
         let runtime = build(config, &health)?;
         Ok(AppState {
             runtime: RwLock::new(Arc::new(runtime)),
@@ -74,6 +80,7 @@ impl AppState {
             governance,
             cache,
             metrics,
+            traces,
             draining: AtomicBool::new(false),
             reloads: ReloadCounts::default(),
             config_path,
@@ -188,6 +195,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         != new.admin.as_ref().map(|a| a.key_secret.expose().to_owned())
     {
         changed.push("admin.key_secret");
+    }
+    if old.telemetry.traces != new.telemetry.traces {
+        changed.push("telemetry.otlp_endpoint");
     }
     if old.telemetry.metrics_listen != new.telemetry.metrics_listen
         || old.telemetry.key_labels != new.telemetry.key_labels

@@ -28,6 +28,7 @@ use crate::providers::{
 use crate::routing::retry::{self, Verdict};
 use crate::routing::{Candidate, Plan};
 use crate::state::Runtime;
+use crate::telemetry::traces::AttemptTrace;
 use crate::translate::errors::ErrorKind;
 use crate::translate::stream::{Decoder, Encoder};
 use crate::translate::{anthropic, gemini, openai};
@@ -154,7 +155,21 @@ pub async fn run(job: Job<'_>, plan: Plan) -> Result<Response, ApiError> {
         let deployment = &candidate.deployment;
         job.ctx.set_deployment(deployment.name.clone());
         let started = Instant::now();
-        let outcome = attempt(&job, candidate, key, deadline).await;
+        let span = job.ctx.trace_attempt(deployment, attempts);
+        let traceparent = span.as_ref().and_then(AttemptTrace::traceparent);
+        let outcome = attempt(&job, candidate, key, deadline, traceparent).await;
+        if let Some(span) = span {
+            match &outcome {
+                Ok(response) => span.finish(Some(response.status().as_u16()), None),
+                Err(failure) => {
+                    let status = match &failure.answer {
+                        Ok(response) => response.status(),
+                        Err(error) => error.status,
+                    };
+                    span.finish(Some(status.as_u16()), Some(reason_of(failure.kind)));
+                }
+            }
+        }
         if let Some(metrics) = &metrics {
             metrics
                 .upstream_duration
@@ -354,6 +369,7 @@ async fn attempt(
     candidate: &Candidate,
     key: Option<usize>,
     deadline: Instant,
+    traceparent: Option<HeaderValue>,
 ) -> Result<Response, Failure> {
     let ctx = job.ctx;
     let deployment = &candidate.deployment;
@@ -380,6 +396,7 @@ async fn attempt(
         request_id: &ctx.request_id,
         key,
         hops: job.hops,
+        traceparent,
     };
     let sent = timeout_at(
         first_byte_deadline,

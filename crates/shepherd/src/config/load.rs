@@ -395,6 +395,25 @@ impl Loader {
                 None
             }
         };
+        let traces = match raw.otlp_endpoint {
+            None => None,
+            Some(endpoint) => {
+                let valid = endpoint.parse::<axum::http::Uri>().is_ok_and(|uri| {
+                    matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+                });
+                if !valid {
+                    self.problem(
+                        "telemetry.otlp_endpoint",
+                        "not a URL; write the collector's OTLP/gRPC address, e.g. http://otel-collector:4317",
+                    );
+                }
+                Some(TracesConfig {
+                    endpoint,
+                    sample: raw.trace_sample.map_or(1.0, |share| share.0),
+                    service_name: raw.service_name.unwrap_or_else(|| "shepherd".to_owned()),
+                })
+            }
+        };
         Some(TelemetryConfig {
             access_log: format(raw.access_log),
             log_format: format(raw.log_format),
@@ -402,6 +421,7 @@ impl Loader {
             metrics: raw.metrics.unwrap_or(true),
             metrics_listen,
             key_labels: raw.key_labels.unwrap_or(true),
+            traces,
         })
     }
 }

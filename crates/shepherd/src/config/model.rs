@@ -457,6 +457,18 @@ pub struct TelemetryConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Key names as metric labels.
     pub key_labels: bool,
+    /// Traces over OTLP, when configured.
+    pub traces: Option<TracesConfig>,
+}
+
+/// Where and how much to trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracesConfig {
+    /// The collector's OTLP/gRPC endpoint.
+    pub endpoint: String,
+    /// Share of requests traced, 0 to 1.
+    pub sample: f64,
+    pub service_name: String,
 }
 
 #[cfg(test)]

@@ -313,6 +313,13 @@ pub struct RawTelemetry {
     pub metrics_listen: Option<String>,
     /// Key names as metric labels (default true).
     pub key_labels: Option<bool>,
+    /// OpenTelemetry collector (OTLP over gRPC), e.g. `http://otel-collector:4317`; no traces
+    /// without it.
+    pub otlp_endpoint: Option<String>,
+    /// Share of requests traced (default 100%); a caller's sampled `traceparent` is followed.
+    pub trace_sample: Option<RawShare>,
+    /// `service.name` of the spans (default `shepherd`).
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -73,6 +73,8 @@ pub struct UpstreamRequest<'a> {
     pub key: Option<usize>,
     /// Gateways this request passed, this one included (sent as `x-shepherd-hops`).
     pub hops: u32,
+    /// The attempt's W3C trace context, when traces are on (replaces the client's).
+    pub traceparent: Option<axum::http::HeaderValue>,
 }
 
 /// An upstream's byte stream (the whole body for non-streaming answers, chunk by chunk).
@@ -209,6 +211,26 @@ impl Provider {
         match &self.adapter {
             Adapter::Remote(remote) => remote.wire(),
             Adapter::Mock => Wire::OpenAi,
+        }
+    }
+
+    /// The provider as OpenTelemetry's GenAI conventions name it (`gen_ai.provider.name`).
+    pub fn system_name(&self) -> &'static str {
+        match &self.adapter {
+            Adapter::Remote(remote) => match remote.wire() {
+                Wire::OpenAi => "openai",
+                Wire::Anthropic => "anthropic",
+                Wire::Gemini => "gcp.gemini",
+            },
+            Adapter::Mock => "shepherd.mock",
+        }
+    }
+
+    /// The upstream's base URL (`None` for the built-in mock).
+    pub fn base_url(&self) -> Option<&str> {
+        match &self.adapter {
+            Adapter::Remote(remote) => Some(remote.base_url()),
+            Adapter::Mock => None,
         }
     }
 

@@ -113,6 +113,10 @@ impl Remote {
         Ok(fixed.clone())
     }
 
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
     pub async fn send(
         &self,
         request: UpstreamRequest<'_>,
@@ -129,6 +133,9 @@ impl Remote {
             headers.insert(HeaderName::from_static("x-request-id"), id);
         }
         headers.insert(HOPS_HEADER, HeaderValue::from(request.hops));
+        if let Some(traceparent) = request.traceparent {
+            headers.insert(HeaderName::from_static("traceparent"), traceparent);
+        }
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

@@ -49,6 +49,10 @@ pub async fn edge(
         path,
         logged,
         Some(state.metrics.clone()),
+        state.traces.as_ref().filter(|_| logged).map(|traces| {
+            let route = crate::context::route_label(path);
+            traces.request(request.headers(), request.method().as_str(), route)
+        }),
     ));
     request.extensions_mut().insert(ctx.clone());
     let mut response = next.run(request).await;

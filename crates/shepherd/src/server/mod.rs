@@ -174,6 +174,7 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
         let _ = graceful_signal.wait_for(|stop| *stop).await;
     });
     let closing = state.clone();
+    let closing_traces = state.traces.clone();
     let task = tokio::spawn(async move {
         let _stop_watching = watcher.map(AbortOnDrop);
         let _stop_refreshing = AbortOnDrop(refresher);
@@ -185,13 +186,18 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
             let _ = grace_signal.wait_for(|stop| *stop).await;
             tokio::time::sleep(grace).await;
         };
-        tokio::select! {
+        let served = tokio::select! {
             result = serve.into_future() => result,
             () = grace_over => {
                 tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining connections");
                 Ok(())
             }
+        };
+        if let Some(traces) = closing_traces {
+            // Sends the last spans; blocking, so off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
         }
+        served
     });
     tracing::info!(%addr, "shepherd listening");
     Ok(Running {
