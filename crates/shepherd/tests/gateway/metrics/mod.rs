@@ -7,19 +7,23 @@ use shepherd::server::Running;
 
 use crate::common::*;
 use crate::shutdown::temp_file;
+pub use scrape::Scrape;
 
-const SERVICE_KEY: &str = "sk-metrics-service-1";
-const TIGHT_KEY: &str = "sk-metrics-tight-1";
+mod dashboard;
+mod scrape;
+
+pub const SERVICE_KEY: &str = "sk-metrics-service-1";
+pub const TIGHT_KEY: &str = "sk-metrics-tight-1";
 const CHAT: &str = "/v1/chat/completions";
 const DEPLOYMENT: &str = "up/up-m";
 
-struct Observed {
-    mock: MockUpstream,
-    server: Running,
-    client: reqwest::Client,
+pub struct Observed {
+    pub mock: MockUpstream,
+    pub server: Running,
+    pub client: reqwest::Client,
 }
 
-async fn observed(telemetry: &str) -> Observed {
+pub async fn observed(telemetry: &str) -> Observed {
     let mock = MockUpstream::start().await.unwrap();
     let yaml = format!(
         "server: {{listen: 127.0.0.1:0}}
@@ -49,7 +53,7 @@ telemetry: {{access_log: off, log_level: warn{telemetry}}}
 }
 
 impl Observed {
-    async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
+    pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
         self.client
             .post(format!("http://{}{CHAT}", self.server.addr))
             .bearer_auth(key)
@@ -59,7 +63,7 @@ impl Observed {
             .unwrap()
     }
 
-    async fn scrape(&self) -> Scrape {
+    pub async fn scrape(&self) -> Scrape {
         let response = self
             .client
             .get(format!("http://{}/metrics", self.server.addr))
@@ -76,82 +80,8 @@ impl Observed {
     }
 }
 
-fn hello(model: &str) -> Value {
+pub fn hello(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "how many tokens is this?"}]})
-}
-
-/// One series of a scrape: its name, its labels, its value.
-type Series = (String, Vec<(String, String)>, f64);
-
-/// A parsed scrape: one entry per series, labels sorted as Prometheus writes them.
-pub struct Scrape {
-    pub text: String,
-    series: Vec<Series>,
-}
-
-impl Scrape {
-    pub fn parse(text: &str) -> Scrape {
-        let series = text
-            .lines()
-            .filter(|line| !line.starts_with('#') && !line.is_empty())
-            .map(|line| {
-                let (series, value) = line.rsplit_once(' ').unwrap();
-                let (name, labels) = match series.split_once('{') {
-                    Some((name, labels)) => (name, labels.trim_end_matches('}')),
-                    None => (series, ""),
-                };
-                let labels = labels
-                    .split(',')
-                    .filter(|pair| !pair.is_empty())
-                    .map(|pair| {
-                        let (key, value) = pair.split_once('=').unwrap();
-                        (key.to_owned(), value.trim_matches('"').to_owned())
-                    })
-                    .collect();
-                (name.to_owned(), labels, value.parse::<f64>().unwrap())
-            })
-            .collect();
-        Scrape {
-            text: text.to_owned(),
-            series,
-        }
-    }
-
-    /// The sum over the series of `name` whose labels include `labels`; `None` when none does.
-    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let matching: Vec<f64> = self
-            .series
-            .iter()
-            .filter(|(series, have, _)| {
-                series == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
-            })
-            .map(|(_, _, value)| *value)
-            .collect();
-        (!matching.is_empty()).then(|| matching.iter().sum())
-    }
-
-    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.find(name, labels)
-            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{}", self.text))
-    }
-
-    /// Every series name in the scrape, and every family its `# TYPE` lines declare.
-    pub fn names(&self) -> std::collections::BTreeSet<String> {
-        let families = self
-            .text
-            .lines()
-            .filter_map(|line| line.strip_prefix("# TYPE "))
-            .filter_map(|line| line.split(' ').next());
-        self.series
-            .iter()
-            .map(|(name, _, _)| name.as_str())
-            .chain(families)
-            .map(str::to_owned)
-            .collect()
-    }
 }
 
 #[derive(Default)]
@@ -622,123 +552,4 @@ telemetry: {access_log: off, log_level: warn}
         None,
         "one attempt: nothing retried"
     );
-}
-
-/// Every `shepherd_*` name in `text`.
-fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
-    let mut names = std::collections::BTreeSet::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("shepherd_") {
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        names.insert(tail[..end].to_owned());
-        rest = &tail[end..];
-    }
-    names
-}
-
-fn repo_file(path: &str) -> String {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// Every `expr` of the dashboard's panels (rows included).
-fn dashboard_queries(dashboard: &Value) -> Vec<String> {
-    let mut queries = Vec::new();
-    let mut stack = vec![dashboard];
-    while let Some(node) = stack.pop() {
-        match node {
-            Value::Object(map) => {
-                if let Some(Value::String(expr)) = map.get("expr") {
-                    queries.push(expr.clone());
-                }
-                stack.extend(map.values());
-            }
-            Value::Array(items) => stack.extend(items),
-            _ => {}
-        }
-    }
-    queries
-}
-
-#[tokio::test]
-async fn the_dashboard_and_the_alerts_use_only_exposed_metrics() {
-    let o = observed("").await;
-    // Traffic that brings every family to life: a fallback, a retry, a hit, a refusal.
-    assert_eq!(o.chat(SERVICE_KEY, hello("f")).await.status(), 200);
-    o.mock.set_behavior(Behavior {
-        status: Some(500),
-        fail_times: Some(1),
-        ..Behavior::default()
-    });
-    assert_eq!(o.chat(SERVICE_KEY, hello("m")).await.status(), 200);
-    for _ in 0..2 {
-        let _ = o.chat(SERVICE_KEY, hello("c")).await.bytes().await;
-        let _ = o.chat(TIGHT_KEY, hello("m")).await.bytes().await;
-    }
-    let s = o.scrape().await;
-    assert_eq!(
-        s.value("shepherd_fallbacks_total", &[("from", "f"), ("to", "m")]),
-        1.0
-    );
-    let exposed = s.names();
-
-    let dashboard: Value =
-        serde_json::from_str(&repo_file("deploy/grafana/shepherd.json")).unwrap();
-    let queries = dashboard_queries(&dashboard);
-    assert!(queries.len() >= 20, "{} queries", queries.len());
-    let mut used = std::collections::BTreeSet::new();
-    for query in &queries {
-        let names = metric_names(query);
-        assert!(!names.is_empty(), "a query on no Shepherd metric: {query}");
-        for name in names {
-            assert!(
-                exposed.contains(&name),
-                "the dashboard asks for {name}, which /metrics lacks: {query}"
-            );
-            used.insert(name);
-        }
-    }
-    for wanted in [
-        "shepherd_requests_total",
-        "shepherd_request_duration_seconds_bucket",
-        "shepherd_time_to_first_token_seconds_bucket",
-        "shepherd_tokens_total",
-        "shepherd_key_tokens_total",
-        "shepherd_cost_usd_total",
-        "shepherd_cache_requests_total",
-        "shepherd_ratelimited_total",
-        "shepherd_deployment_healthy",
-        "shepherd_inflight_requests",
-    ] {
-        assert!(used.contains(wanted), "the dashboard shows no {wanted}");
-    }
-    for variable in dashboard["templating"]["list"].as_array().unwrap() {
-        if let Some(query) = variable["query"]["query"].as_str() {
-            for name in metric_names(query) {
-                assert!(
-                    exposed.contains(&name),
-                    "variable {}: {name}",
-                    variable["name"]
-                );
-            }
-        }
-    }
-
-    let alerts = repo_file("deploy/prometheus/alerts.yml");
-    let exprs: Vec<&str> = alerts
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('#'))
-        .collect();
-    let alert_names = metric_names(&exprs.join("\n"));
-    for name in &alert_names {
-        // Annotations mention metrics too; every one of them must exist.
-        assert!(
-            exposed.contains(name),
-            "alerts.yml names {name}, which /metrics lacks"
-        );
-    }
-    assert!(alert_names.contains("shepherd_budget_spent_usd"));
 }
