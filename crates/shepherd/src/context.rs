@@ -326,11 +326,12 @@ impl RequestContext {
         }
         let route = route_label(&self.route);
         let model = model.unwrap_or(if fields.model.is_some() { OTHER } else { "" });
-        let status = fields.status.to_string();
+        let code = axum::http::StatusCode::from_u16(fields.status).ok();
+        let status = code.as_ref().map_or("0", axum::http::StatusCode::as_str);
         let deployment = fields.deployment.as_deref().unwrap_or_default();
         metrics
             .requests
-            .with_label_values(&[route, model, deployment, &status])
+            .with_label_values(&[route, model, deployment, status])
             .inc();
         Metrics::observe(
             &metrics.request_duration,
