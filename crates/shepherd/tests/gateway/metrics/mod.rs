@@ -64,19 +64,7 @@ impl Observed {
     }
 
     pub async fn scrape(&self) -> Scrape {
-        let response = self
-            .client
-            .get(format!("http://{}/metrics", self.server.addr))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let content_type = response.headers()["content-type"].to_str().unwrap();
-        assert!(
-            content_type.starts_with("text/plain; version=0.0.4"),
-            "{content_type}"
-        );
-        Scrape::parse(&response.text().await.unwrap())
+        Scrape::fetch(&self.client, &format!("http://{}", self.server.addr)).await
     }
 }
 
@@ -412,10 +400,9 @@ telemetry: {access_log: off, log_level: warn}
         .await
         .unwrap();
     let client = test_client();
-    let url = format!("http://{}/metrics", server.addr);
+    let base = format!("http://{}", server.addr);
     let reloads = || async {
-        let text = client.get(&url).send().await.unwrap().text().await.unwrap();
-        let s = Scrape::parse(&text);
+        let s = Scrape::fetch(&client, &base).await;
         let count = |result| s.find("shepherd_config_reloads_total", &[("result", result)]);
         (count("success"), count("failure"))
     };
@@ -460,16 +447,7 @@ async fn metrics_can_have_their_own_listener_or_be_off() {
         .unwrap();
     assert_eq!(main.status(), 404, "not on the main listener");
     assert_eq!(o.chat(SERVICE_KEY, hello("m")).await.status(), 200);
-    let text = o
-        .client
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let s = Scrape::parse(&text);
+    let s = Scrape::fetch(&o.client, &format!("http://127.0.0.1:{port}")).await;
     assert_eq!(
         s.value(
             "shepherd_requests_total",
@@ -520,15 +498,7 @@ telemetry: {access_log: off, log_level: warn}
         .await
         .unwrap();
     assert_eq!(response.status(), 502);
-    let text = client
-        .get(format!("http://{}/metrics", server.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let s = Scrape::parse(&text);
+    let s = Scrape::fetch(&client, &format!("http://{}", server.addr)).await;
     assert_eq!(
         s.value("shepherd_circuit_state", &[("deployment", "dead/gone")]),
         1.0

@@ -10,6 +10,18 @@ pub struct Scrape {
 }
 
 impl Scrape {
+    /// `GET {base}/metrics`: a 200 in Prometheus' text format, parsed.
+    pub async fn fetch(client: &reqwest::Client, base: &str) -> Scrape {
+        let response = client.get(format!("{base}/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        Scrape::parse(&response.text().await.unwrap())
+    }
+
     pub fn parse(text: &str) -> Scrape {
         let series = text
             .lines()
