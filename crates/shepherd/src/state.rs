@@ -67,6 +67,7 @@ impl AppState {
         let governance = Arc::new(Governance::new(&config)?);
         let cache = Arc::new(crate::cache::Cache::new(&config.cache));
         let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(
+            config.telemetry.metrics,
             config.telemetry.key_labels,
         ));
         let traces = match &config.telemetry.traces {
@@ -199,7 +200,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.telemetry.traces != new.telemetry.traces {
         changed.push("telemetry.otlp_endpoint");
     }
-    if old.telemetry.metrics_listen != new.telemetry.metrics_listen
+    if old.telemetry.metrics != new.telemetry.metrics
+        || old.telemetry.metrics_listen != new.telemetry.metrics_listen
         || old.telemetry.key_labels != new.telemetry.key_labels
     {
         changed.push("telemetry.metrics");

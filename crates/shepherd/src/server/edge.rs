@@ -48,7 +48,8 @@ pub async fn edge(
         request.method().as_str(),
         path,
         logged,
-        Some(state.metrics.clone()),
+        // With `telemetry.metrics: false` (read at start) requests are not counted at all.
+        state.metrics.enabled.then(|| state.metrics.clone()),
         state.traces.as_ref().filter(|_| logged).map(|traces| {
             let route = crate::context::route_label(path);
             traces.request(request.headers(), request.method().as_str(), route)

@@ -55,6 +55,8 @@ pub struct Metrics {
     ledger_errors: IntCounter,
     /// Key names as labels (`telemetry.key_labels`).
     pub key_labels: bool,
+    /// `telemetry.metrics`: when off, requests are not counted.
+    pub enabled: bool,
 }
 
 /// Registers a metric built from this file's constants (a failure is a programming error).
@@ -118,7 +120,7 @@ fn unreachable_metric<T>(name: &str) -> T {
 }
 
 impl Metrics {
-    pub fn new(key_labels: bool) -> Metrics {
+    pub fn new(enabled: bool, key_labels: bool) -> Metrics {
         let r = Registry::new_custom(Some("shepherd".to_owned()), None).unwrap_or_default();
         gauge(&r, "build_info", "Shepherd's version.", &["version"])
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -255,6 +257,7 @@ impl Metrics {
                 "Failed writes of the usage ledger (retried).",
             ),
             key_labels,
+            enabled,
             registry: r,
         };
         // Series of fixed label sets exist from the start at 0, so that `rate` and `increase`
@@ -362,7 +365,7 @@ mod tests {
 
     #[test]
     fn names_carry_the_prefix() {
-        let metrics = Metrics::new(true);
+        let metrics = Metrics::new(true, true);
         metrics
             .requests
             .with_label_values(&["/v1/chat/completions", "m", "p/m", "200"])
@@ -388,6 +391,6 @@ mod tests {
             !text.contains("type=\"cached\""),
             "zero counts are not created"
         );
-        assert_eq!(Metrics::new(false).key_label("svc"), "");
+        assert_eq!(Metrics::new(true, false).key_label("svc"), "");
     }
 }

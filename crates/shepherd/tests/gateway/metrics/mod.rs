@@ -463,6 +463,14 @@ async fn metrics_can_have_their_own_listener_or_be_off() {
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
+    assert_eq!(off.chat(SERVICE_KEY, hello("m")).await.status(), 200);
+    let state = &off.server.state;
+    let kept = Scrape::parse(&state.metrics.render(state));
+    assert_eq!(
+        kept.find("shepherd_requests_total", &[]),
+        None,
+        "off: requests are not even counted"
+    );
 }
 
 fn free_port() -> u16 {
