@@ -191,3 +191,34 @@ def test_bad_client_key(gateway):
 def test_unknown_model(client):
     with pytest.raises(anthropic.NotFoundError):
         client.messages.create(model="no-such-model", max_tokens=16, messages=_user("hi"))
+
+
+def test_models_list_and_retrieve(client):
+    page = client.models.list()
+    ids = [model.id for model in page.data]
+    assert {"claude-x", "gpt-4.1", "gemini-x"} <= set(ids)
+    assert all(model.type == "model" and model.display_name for model in page.data)
+    assert page.data[0].created_at.year >= 2026
+    # The SDK's auto-paging walks every page with `after_id`.
+    walked = [model.id for model in client.models.list(limit=2)]
+    assert walked == ids
+    model = client.models.retrieve("claude-x")
+    assert model.id == "claude-x" and model.type == "model"
+    with pytest.raises(anthropic.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+@pytest.mark.parametrize("model", MODELS + ["local-mock"])
+def test_count_tokens(client, model):
+    counted = client.messages.count_tokens(
+        model=model,
+        system="Be brief.",
+        messages=_user("How many tokens is this question?"),
+        tools=[WEATHER_TOOL],
+    )
+    assert counted.input_tokens > 0
+    raw = client.messages.with_raw_response.count_tokens(
+        model=model, messages=_user("How many tokens is this question?")
+    )
+    how = raw.headers["x-shepherd-token-count"]
+    assert how == ("tiktoken/o200k_base" if model in ("gpt-4.1", "local-mock") else "upstream")

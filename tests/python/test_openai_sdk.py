@@ -399,3 +399,10 @@ def test_upstream_sees_provider_key_not_client_key(client, reset_mock):
         assert CLIENT_KEY not in dump, f"client key leaked upstream: {req}"
     chat = json.loads(requests[0]["body"])
     assert chat["model"] == "upstream-gpt-4.1", "the deployment's model name goes upstream"
+
+
+def test_models_retrieve(client):
+    model = client.models.retrieve("gpt-4.1")
+    assert model.id == "gpt-4.1" and model.object == "model"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")

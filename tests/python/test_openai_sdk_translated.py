@@ -131,3 +131,16 @@ def test_stream_broken_midway_raises(client, model):
             extra_headers={"x-mock-cut-after": "2", "x-mock-chunks": "6"},
         ):
             pass
+
+
+def test_several_choices_from_gemini(client):
+    completion = client.chat.completions.create(model="gemini-x", n=2, messages=_user("Two please"))
+    assert [choice.index for choice in completion.choices] == [0, 1]
+    assert all("Two please" in choice.message.content for choice in completion.choices)
+    texts = {0: "", 1: ""}
+    for chunk in client.chat.completions.create(
+        model="gemini-x", n=2, stream=True, messages=_user("Two please")
+    ):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts[0] == texts[1] == completion.choices[0].message.content

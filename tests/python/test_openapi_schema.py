@@ -403,3 +403,23 @@ def test_error_upstream_status_passthrough(http, schema):
 def test_error_translated_upstream_status(http, schema, model, status, expected):
     r = http.post(CHAT, json=_chat(model), headers={"x-mock-status": str(status)})
     _valid_error(schema, r, expected, f"{model} upstream {status}")
+
+
+def test_model_retrieve(http, schema):
+    response = http.get("/v1/models/gpt-4.1")
+    assert response.status_code == 200
+    schema(response.json(), "Model", "GET /v1/models/{id}")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_several_choices(http, schema, stream):
+    body = {"model": "gemini-x", "n": 2, "stream": stream, "messages": [{"role": "user", "content": "Two"}]}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    if not stream:
+        schema(response.json(), "CreateChatCompletionResponse", "n=2")
+        assert len(response.json()["choices"]) == 2
+        return
+    for line in response.text.splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            schema(json.loads(line[6:]), "CreateChatCompletionStreamResponse", "n=2 chunk")

@@ -5,6 +5,8 @@
 use hyper::HeaderMap;
 use serde_json::{Map, Value};
 
+use crate::style::Style;
+
 /// How the mock answers a request. Every field left at its default means "behave normally".
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Behavior {
@@ -25,6 +27,9 @@ pub struct Behavior {
     pub stall_after: Option<usize>,
     /// Answer 200 with a body that is not JSON (streams: a `data: {not json` event).
     pub malformed: bool,
+    /// Stream: after N content chunks, insert an event that is not JSON (`data: {not json`);
+    /// the rest of the stream follows as usual.
+    pub malformed_after: Option<usize>,
     /// Add a `Retry-After` header with this value.
     pub retry_after: Option<String>,
     /// Error bodies include the received upstream key ("Incorrect API key provided: <key>...").
@@ -50,6 +55,8 @@ pub struct Behavior {
     /// Server-wide only: requests presenting this upstream key get 401 (a revoked key among
     /// several).
     pub refuse_key: Option<String>,
+    /// How the bytes are written (compact, or spaced like Python servers and LiteLLM).
+    pub style: Style,
 }
 
 /// The request headers that override [`Behavior`] fields.
@@ -68,6 +75,8 @@ pub const HEADER_CUT_AFTER: &str = "x-mock-cut-after";
 pub const HEADER_STALL_AFTER: &str = "x-mock-stall-after";
 /// See [`Behavior::malformed`].
 pub const HEADER_MALFORMED: &str = "x-mock-malformed";
+/// See [`Behavior::malformed_after`].
+pub const HEADER_MALFORMED_AFTER: &str = "x-mock-malformed-after";
 /// See [`Behavior::retry_after`].
 pub const HEADER_RETRY_AFTER: &str = "x-mock-retry-after";
 /// See [`Behavior::echo_key`].
@@ -80,6 +89,8 @@ pub const HEADER_CACHE_READ_TOKENS: &str = "x-mock-cache-read-tokens";
 pub const HEADER_FINISH_REASON: &str = "x-mock-finish-reason";
 /// See [`Behavior::thoughts_tokens`].
 pub const HEADER_THOUGHTS_TOKENS: &str = "x-mock-thoughts-tokens";
+/// See [`Behavior::style`] (`compact` or `spaced`).
+pub const HEADER_STYLE: &str = "x-mock-style";
 
 impl Behavior {
     /// Returns this behaviour overridden by the `x-mock-*` headers present in `headers`.
@@ -107,6 +118,9 @@ impl Behavior {
                 HEADER_CUT_AFTER => out.cut_after = Some(value.parse().map_err(|_| bad())?),
                 HEADER_STALL_AFTER => out.stall_after = Some(value.parse().map_err(|_| bad())?),
                 HEADER_MALFORMED => out.malformed = parse_bool(value).ok_or_else(bad)?,
+                HEADER_MALFORMED_AFTER => {
+                    out.malformed_after = Some(value.parse().map_err(|_| bad())?);
+                }
                 HEADER_RETRY_AFTER => out.retry_after = Some(value.to_owned()),
                 HEADER_ECHO_KEY => out.echo_key = parse_bool(value).ok_or_else(bad)?,
                 HEADER_STREAM_ERROR_AFTER => {
@@ -122,6 +136,7 @@ impl Behavior {
                 HEADER_THOUGHTS_TOKENS => {
                     out.thoughts_tokens = Some(value.parse().map_err(|_| bad())?);
                 }
+                HEADER_STYLE => out.style = Style::parse(value).ok_or_else(bad)?,
                 _ => {}
             }
         }
@@ -153,6 +168,7 @@ impl Behavior {
                 "cut_after" => out.cut_after = Some(json_usize(v).ok_or_else(bad)?),
                 "stall_after" => out.stall_after = Some(json_usize(v).ok_or_else(bad)?),
                 "malformed" => out.malformed = v.as_bool().ok_or_else(bad)?,
+                "malformed_after" => out.malformed_after = Some(json_usize(v).ok_or_else(bad)?),
                 "retry_after" => {
                     out.retry_after = Some(match v {
                         Value::String(s) => s.clone(),
@@ -174,6 +190,7 @@ impl Behavior {
                 "refuse_key" => {
                     out.refuse_key = Some(v.as_str().ok_or_else(bad)?.to_owned());
                 }
+                "style" => out.style = v.as_str().and_then(Style::parse).ok_or_else(bad)?,
                 _ => return Err(format!("unknown behavior field: {key}")),
             }
         }
@@ -194,6 +211,10 @@ impl Behavior {
             self.stall_after.map(|c| c as u64).into(),
         );
         m.insert("malformed".into(), self.malformed.into());
+        m.insert(
+            "malformed_after".into(),
+            self.malformed_after.map(|c| c as u64).into(),
+        );
         m.insert("retry_after".into(), self.retry_after.clone().into());
         m.insert("echo_key".into(), self.echo_key.into());
         m.insert(
@@ -205,6 +226,7 @@ impl Behavior {
         m.insert("thoughts_tokens".into(), self.thoughts_tokens.into());
         m.insert("fail_times".into(), self.fail_times.into());
         m.insert("refuse_key".into(), self.refuse_key.clone().into());
+        m.insert("style".into(), self.style.name().into());
         Value::Object(m)
     }
 
@@ -291,6 +313,7 @@ mod tests {
             thoughts_tokens: Some(9),
             fail_times: Some(2),
             refuse_key: Some("sk-old".into()),
+            style: Style::Spaced,
             ..Behavior::default()
         };
         assert_eq!(Behavior::from_json(&b.to_json()).unwrap(), b);

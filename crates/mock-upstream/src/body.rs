@@ -40,6 +40,21 @@ impl MockBody {
     }
 }
 
+impl MockBody {
+    /// Rewrites the body in the spaced style (see [`crate::style`]).
+    pub fn restyle(&mut self) {
+        match self {
+            MockBody::Full(Some(bytes)) => *bytes = crate::style::spaced_body(bytes),
+            MockBody::Full(None) => {}
+            MockBody::Sse(sse) => {
+                for (n, event) in sse.events.iter_mut().enumerate() {
+                    *event = crate::style::spaced_event(event, n);
+                }
+            }
+        }
+    }
+}
+
 impl Body for MockBody {
     type Data = Bytes;
     type Error = io::Error;
@@ -120,6 +135,12 @@ impl SsePlan {
     pub fn with_behavior(mut self, behavior: &Behavior) -> SsePlan {
         self.delay = Duration::from_millis(behavior.chunk_delay_ms.unwrap_or(0));
         self.stop = Stop::from_behavior(behavior);
+        if let Some(n) = behavior.malformed_after {
+            let at = self.content_start + n.min(self.content_len);
+            self.events
+                .insert(at, Bytes::from_static(b"data: {not json\n\n"));
+            self.content_len += 1;
+        }
         if let (Some(n), Some(error)) = (behavior.stream_error_after, self.error_event.take()) {
             if self.stop.is_none_or(|stop| stop.after() > n) {
                 let n = n.min(self.content_len);

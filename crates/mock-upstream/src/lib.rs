@@ -23,6 +23,7 @@ mod gemini;
 mod openai;
 mod record;
 mod route;
+pub mod style;
 
 use std::convert::Infallible;
 use std::io;
@@ -45,6 +46,7 @@ use tokio::task::{JoinHandle, JoinSet};
 pub use behavior::Behavior;
 pub use openai::MODELS;
 pub use record::{RecordedRequest, Stats};
+pub use style::Style;
 
 use body::{MockBody, SseBody, SsePlan};
 use record::Counters;
@@ -263,6 +265,9 @@ async fn handle(
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let mut resp = route::respond(&state, &parts, &body, &behavior);
+    if behavior.style == style::Style::Spaced {
+        resp.body_mut().restyle();
+    }
     if let Some(value) = behavior
         .retry_after
         .as_deref()

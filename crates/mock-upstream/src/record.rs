@@ -91,6 +91,11 @@ pub struct Stats {
     pub streams_completed: u64,
     /// Streaming responses the client went away from before they ended.
     pub streams_aborted: u64,
+    /// Token counts reported in usage objects (OpenAI routes): prompt (cached included),
+    /// completion, cached.
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
 }
 
 impl Stats {
@@ -101,6 +106,9 @@ impl Stats {
             "streams_started": self.streams_started,
             "streams_completed": self.streams_completed,
             "streams_aborted": self.streams_aborted,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
         })
     }
 }
@@ -112,6 +120,9 @@ pub(crate) struct Counters {
     pub(crate) streams_started: AtomicU64,
     pub(crate) streams_completed: AtomicU64,
     pub(crate) streams_aborted: AtomicU64,
+    pub(crate) prompt_tokens: AtomicU64,
+    pub(crate) completion_tokens: AtomicU64,
+    pub(crate) cached_tokens: AtomicU64,
 }
 
 impl Counters {
@@ -121,6 +132,9 @@ impl Counters {
             streams_started: self.streams_started.load(Ordering::Relaxed),
             streams_completed: self.streams_completed.load(Ordering::Relaxed),
             streams_aborted: self.streams_aborted.load(Ordering::Relaxed),
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+            cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
         }
     }
 
@@ -129,5 +143,8 @@ impl Counters {
         self.streams_started.store(0, Ordering::Relaxed);
         self.streams_completed.store(0, Ordering::Relaxed);
         self.streams_aborted.store(0, Ordering::Relaxed);
+        self.prompt_tokens.store(0, Ordering::Relaxed);
+        self.completion_tokens.store(0, Ordering::Relaxed);
+        self.cached_tokens.store(0, Ordering::Relaxed);
     }
 }

@@ -59,6 +59,8 @@ struct Fields {
     accounting: Option<Accounting>,
     fallback: bool,
     cache_hit: bool,
+    /// The request named no model; a key's or route's default was used.
+    default_model: bool,
     model: Option<String>,
     deployment: Option<Arc<str>>,
     status: u16,
@@ -184,6 +186,10 @@ impl RequestContext {
     pub fn set_accounting(&self, accounting: Accounting) {
         self.update(|f| f.accounting = Some(accounting));
     }
+    /// The request named no model: a default was used.
+    pub fn set_default_model(&self) {
+        self.update(|f| f.default_model = true);
+    }
     /// A fallback model served the request.
     pub fn set_fallback(&self) {
         self.update(|f| f.fallback = true);
@@ -288,6 +294,7 @@ impl Drop for RequestContext {
             method: &self.method,
             route: &self.route,
             model: fields.model.as_deref(),
+            default_model: fields.default_model,
             deployment: fields.deployment.as_deref(),
             status: fields.status,
             stream: fields.stream,

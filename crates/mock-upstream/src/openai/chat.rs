@@ -173,7 +173,7 @@ pub(super) fn chat(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBody>, Ap
                 "logprobs": null,
                 "finish_reason": finish_reason,
             }],
-            "usage": usage(prompt_tokens, completion_tokens, ctx.behavior),
+            "usage": usage(ctx, prompt_tokens, completion_tokens),
             "x_mock_extra": {"kept": true},
         });
         return Ok(json_response(StatusCode::OK, &resp));
@@ -230,7 +230,7 @@ pub(super) fn chat(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBody>, Ap
         .unwrap_or(finish_reason);
     events.push(head.event(chat_delta(json!({}), Some(finish_reason))));
     if head.include_usage {
-        events.push(head.usage_event(usage(prompt_tokens, completion_tokens, ctx.behavior)));
+        events.push(head.usage_event(usage(ctx, prompt_tokens, completion_tokens)));
     }
     events.push(Bytes::from_static(SSE_DONE));
     let plan = SsePlan {

@@ -72,7 +72,7 @@ pub(super) fn completions(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBo
             "model": model,
             "system_fingerprint": FINGERPRINT,
             "choices": completion_choice(&words.join(" "), Some(finish_reason)),
-            "usage": usage(prompt_tokens, completion_tokens, ctx.behavior),
+            "usage": usage(ctx, prompt_tokens, completion_tokens),
         });
         return Ok(json_response(StatusCode::OK, &resp));
     }
@@ -90,7 +90,7 @@ pub(super) fn completions(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<MockBo
     }
     events.push(head.event(completion_choice("", Some(finish_reason))));
     if head.include_usage {
-        events.push(head.usage_event(usage(prompt_tokens, completion_tokens, ctx.behavior)));
+        events.push(head.usage_event(usage(ctx, prompt_tokens, completion_tokens)));
     }
     events.push(Bytes::from_static(SSE_DONE));
     let plan = SsePlan {

@@ -8,13 +8,13 @@ pub(crate) mod embeddings;
 mod errors;
 mod models;
 
+use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hyper::{Method, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
-use crate::behavior::Behavior;
 use crate::body::{MockBody, sse_data};
 use crate::json_response;
 
@@ -90,9 +90,18 @@ fn unix_now() -> u64 {
 }
 
 /// The usage object; a behaviour's `cache_read_tokens` adds that many cached prompt tokens.
-fn usage(prompt: u64, completion: u64, behavior: &Behavior) -> Value {
-    let cached = behavior.cache_read_tokens;
+/// What it reports is counted in the server's stats.
+fn usage(ctx: &Ctx<'_>, prompt: u64, completion: u64) -> Value {
+    let cached = ctx.behavior.cache_read_tokens;
     let prompt = prompt + cached.unwrap_or(0);
+    let counters = &ctx.state.counters;
+    counters.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
+    counters
+        .completion_tokens
+        .fetch_add(completion, Ordering::Relaxed);
+    counters
+        .cached_tokens
+        .fetch_add(cached.unwrap_or(0), Ordering::Relaxed);
     let mut usage = json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,

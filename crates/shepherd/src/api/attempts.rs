@@ -44,6 +44,8 @@ pub const DEPLOYMENT_HEADER: HeaderName = HeaderName::from_static("x-shepherd-de
 pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-shepherd-attempts");
 pub const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-shepherd-fallback");
 pub const CANARY_HEADER: HeaderName = HeaderName::from_static("x-shepherd-canary");
+/// The fields of the request the upstream's protocol had no place for.
+pub const DROPPED_HEADER: HeaderName = HeaderName::from_static("x-shepherd-dropped");
 
 /// One client request, ready for its attempts.
 pub struct Job<'a> {
@@ -446,7 +448,9 @@ async fn attempt(
         if let Some(fill) = job.take_fill() {
             relay.fill_cache(fill, deployment.name.clone());
         }
-        return Ok(relay.into_response(upstream.status, client_headers));
+        let mut response = relay.into_response(upstream.status, client_headers);
+        mark_dropped(&mut response, &exchange.dropped);
+        return Ok(response);
     }
     ctx.set_upstream_first_byte(ctx.started.elapsed());
     let bytes = read_whole(upstream.body, deadline, timeouts.idle)
@@ -455,9 +459,10 @@ async fn attempt(
     ctx.set_upstream_done();
     drop(inflight);
     if upstream.status.is_success() {
-        let (response, body) =
+        let (mut response, body) =
             answer::success(ctx, &exchange, upstream.status, client_headers, bytes)
                 .map_err(Failure::of)?;
+        mark_dropped(&mut response, &exchange.dropped);
         if let Some(fill) = job.take_fill() {
             let answer = answer::canonical(job.endpoint, &body).map(|mut answer| {
                 if answer.usage.is_none() {
@@ -484,6 +489,36 @@ async fn attempt(
         code: failed.code,
         retry_after,
     })
+}
+
+/// The most field names `x-shepherd-dropped` lists (then `+N`).
+const MAX_DROPPED_NAMES: usize = 16;
+
+/// Names the request's fields the upstream had no place for, in `x-shepherd-dropped`: at most
+/// 16 names (then `+N` for the rest); a name a header cannot carry is shown as `?`.
+fn mark_dropped(response: &mut Response, dropped: &[String]) {
+    if dropped.is_empty() {
+        return;
+    }
+    let plain = |name: &str| {
+        name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.[]".contains(&b))
+    };
+    let mut names: Vec<&str> = dropped
+        .iter()
+        .take(MAX_DROPPED_NAMES)
+        .map(|name| if plain(name) { name.as_str() } else { "?" })
+        .collect();
+    let more = dropped.len().saturating_sub(MAX_DROPPED_NAMES);
+    let more = format!("+{more}");
+    if dropped.len() > MAX_DROPPED_NAMES {
+        names.push(&more);
+    }
+    if let Ok(value) = HeaderValue::from_str(&names.join(",")) {
+        response.headers_mut().insert(DROPPED_HEADER, value);
+    }
 }
 
 /// The decoder of the upstream's stream and the encoder of the client's.
@@ -519,7 +554,7 @@ fn translator(translation: &Translation) -> Translator {
     Translator::new(decoder, encoder)
 }
 
-fn transport_error(error: &UpstreamError) -> ApiError {
+pub(super) fn transport_error(error: &UpstreamError) -> ApiError {
     match error {
         UpstreamError::Connect(detail) => ApiError::upstream_unreachable(detail),
         UpstreamError::Timeout(detail) => ApiError::upstream_timeout(detail),
@@ -528,7 +563,7 @@ fn transport_error(error: &UpstreamError) -> ApiError {
 }
 
 /// Reads a non-streamed upstream body to its end, within the deadline and the size cap.
-async fn read_whole(
+pub(super) async fn read_whole(
     mut body: UpstreamBody,
     deadline: Instant,
     idle: Duration,

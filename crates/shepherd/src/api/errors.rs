@@ -25,6 +25,17 @@ impl ClientProtocol {
             ClientProtocol::OpenAi
         }
     }
+
+    /// The protocol of a request: its route's, except on the routes both protocols share
+    /// (`/v1/models…`), where a caller that sends `anthropic-version` speaks Anthropic.
+    pub fn of_request(path: &str, headers: &axum::http::HeaderMap) -> ClientProtocol {
+        let shared = path == "/v1/models" || path.starts_with("/v1/models/");
+        if shared && headers.contains_key("anthropic-version") {
+            ClientProtocol::Anthropic
+        } else {
+            ClientProtocol::of_path(path)
+        }
+    }
 }
 
 /// Who caused a failure; decides retry and alerting later.
@@ -267,6 +278,16 @@ impl ApiError {
             "invalid_request_error",
             "model_not_allowed",
             format!("This key is not allowed to use the model '{model}'."),
+        )
+        .with_param("model")
+    }
+
+    pub fn model_not_on_route(model: &str, route: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "model_not_allowed",
+            format!("The model '{model}' is not served on {route}."),
         )
         .with_param("model")
     }

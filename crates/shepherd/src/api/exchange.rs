@@ -22,6 +22,9 @@ pub struct Exchange {
     pub conversion: Conversion,
     /// Prompt tokens as estimated by the gateway, for when the upstream reports none.
     pub prompt_estimate: u64,
+    /// Fields of the client's request the upstream's protocol has no place for (answered in
+    /// `x-shepherd-dropped`).
+    pub dropped: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,8 +78,11 @@ pub fn plan(
                 hide_usage_chunk: ask_usage && stream && !head.include_usage,
             },
             prompt_estimate: ir::estimate_tokens(body.len()),
+            dropped: Vec::new(),
         });
     }
+    let mut dropped = translate::fields::check(endpoint, upstream, body)
+        .map_err(|error| untranslatable(&error))?;
     let translation = Translation {
         endpoint,
         upstream,
@@ -85,7 +91,7 @@ pub fn plan(
         embeddings_base64: false,
     };
     if endpoint == Endpoint::Embeddings {
-        return plan_embeddings(body, deployment, translation);
+        return plan_embeddings(body, deployment, translation, dropped);
     }
     let mut request = match endpoint {
         Endpoint::ChatCompletions => openai::request::decode_chat(body),
@@ -96,6 +102,7 @@ pub fn plan(
     .map_err(|error| untranslatable(&error))?;
     request.model = model.to_owned();
     request.stream = stream;
+    translate::fields::nested_drops(&request, upstream, &mut dropped);
     let (operation, encoded) = match upstream {
         Wire::OpenAi => (
             Operation::ChatCompletions,
@@ -116,6 +123,7 @@ pub fn plan(
         body: Bytes::from(encoded.to_string()),
         conversion: Conversion::Translate(translation),
         prompt_estimate: prompt_estimate(&request),
+        dropped,
     })
 }
 
@@ -123,6 +131,7 @@ fn plan_embeddings(
     body: &Bytes,
     deployment: &Deployment,
     mut translation: Translation,
+    dropped: Vec<String>,
 ) -> Result<Exchange, ApiError> {
     if translation.upstream != Wire::Gemini {
         return Err(ApiError::unsupported(format!(
@@ -145,6 +154,7 @@ fn plan_embeddings(
         body: Bytes::from(encoded.to_string()),
         conversion: Conversion::Translate(translation),
         prompt_estimate: ir::estimate_tokens(chars),
+        dropped,
     })
 }
 

@@ -8,12 +8,15 @@ pub mod anthropic;
 mod attempts;
 pub mod auth;
 mod body;
+pub mod count_tokens;
 pub mod errors;
 mod exchange;
 pub mod health;
+pub mod models;
 pub mod openai;
 mod proxy;
 mod relay;
+mod watch;
 
 /// The client routes, as limits name them.
 pub const ROUTES: &[&str] = &[
@@ -21,6 +24,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/completions",
     "/v1/embeddings",
     "/v1/messages",
+    "/v1/messages/count_tokens",
     "/v1/models",
 ];
 
@@ -33,4 +37,6 @@ pub const CACHEABLE_ROUTES: &[&str] = &[
 ];
 
 pub use answer::{new_id, unix_now};
-pub use attempts::{ATTEMPTS_HEADER, CANARY_HEADER, DEPLOYMENT_HEADER, FALLBACK_HEADER};
+pub use attempts::{
+    ATTEMPTS_HEADER, CANARY_HEADER, DEPLOYMENT_HEADER, DROPPED_HEADER, FALLBACK_HEADER,
+};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::attempts::{self, ATTEMPTS_HEADER, DEPLOYMENT_HEADER, Job};
@@ -15,10 +16,11 @@ use super::errors::{ApiError, ClientProtocol};
 use crate::cache::{CACHE_HEADER, Cache, Lookup, replay};
 use crate::context::{Accounting, RequestContext};
 use crate::governance::admission::Demand;
+use crate::governance::keys::ClientKey;
 use crate::providers::Endpoint;
 use crate::providers::remote::HOPS_HEADER;
 use crate::routing::canary::Requester;
-use crate::state::AppState;
+use crate::state::{AppState, Runtime};
 use crate::translate::ir::{UsageSource, estimate_tokens};
 use crate::wire::openai::RequestHead;
 
@@ -68,7 +70,7 @@ pub async fn proxy(
     governance.check_route(&runtime, endpoint.route())?;
     let body = body::read_limited(body, headers, server.max_body).await?;
     ctx.set_bytes_in(body.len());
-    let head = RequestHead::parse(&body)?;
+    let (head, body) = head_of(&runtime, ctx, &key, endpoint.route(), body)?;
     let stream = head.stream && endpoint != Endpoint::Embeddings;
     ctx.set_request(&head.model, stream, body.len());
     let Some(model_name) = runtime.models.name_of(&head.model) else {
@@ -197,6 +199,43 @@ pub async fn proxy(
     }
     Ok(response)
 }
+
+/// The head of a request body, with the model filled in when it names none: the key's default
+/// model (when the route serves it), else the route's. A route's `models` are checked here too.
+pub(super) fn head_of(
+    runtime: &Runtime,
+    ctx: &RequestContext,
+    key: &ClientKey,
+    route: &str,
+    body: Bytes,
+) -> Result<(RequestHead, Bytes), ApiError> {
+    let rule = runtime.config.routes.iter().find(|rule| rule.path == route);
+    let (head, body) = match RequestHead::parse(&body) {
+        Err(error) if error.code == MISSING && error.param.as_deref() == Some("model") => {
+            let default = key
+                .default_model
+                .as_ref()
+                .filter(|model| rule.is_none_or(|rule| rule.allows(model)))
+                .or_else(|| rule.and_then(|rule| rule.default_model.as_ref()));
+            let Some(default) = default else {
+                return Err(error);
+            };
+            let body = RequestHead::with_model(&body, default);
+            ctx.set_default_model();
+            (RequestHead::parse(&body)?, body)
+        }
+        parsed => (parsed?, body),
+    };
+    if let Some(rule) = rule {
+        if !rule.allows(&head.model) {
+            return Err(ApiError::model_not_on_route(&head.model, route));
+        }
+    }
+    Ok((head, body))
+}
+
+/// The error code of a missing field.
+const MISSING: &str = "missing_required_parameter";
 
 /// Gateways this request will have passed once it leaves this one (`x-shepherd-hops` + 1).
 fn hops(headers: &HeaderMap) -> Result<u32, ApiError> {

@@ -5,7 +5,7 @@
 //! marker ends the stream with the client protocol's error event, never a fake end. Dropping the
 //! relay (client gone) drops the upstream call.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -13,8 +13,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use memchr::memmem;
-use serde_json::Value;
 use tokio::time::{Instant, timeout_at};
 
 use super::answer::estimate;
@@ -25,42 +23,18 @@ use crate::config::{Secret, Wire};
 use crate::context::RequestContext;
 use crate::providers::{UpstreamBody, redact_secrets};
 use crate::routing::health::InflightGuard;
-use crate::translate::errors::{UpstreamFailure, from_anthropic, from_openai};
+use crate::translate::errors::UpstreamFailure;
 use crate::translate::ir::{Event, Usage, UsageSource};
 use crate::translate::stream::{self as events, DecodeError, Decoder, Encoder};
 use crate::translate::{anthropic, openai};
-use crate::wire::sse::{EventSplitter, data_payloads};
+use crate::wire::sse::EventSplitter;
+
+pub use super::watch::Watch;
 
 /// How events cross from the upstream to the client.
 pub enum Mode {
     Passthrough(Watch),
     Translate(Box<Translator>),
-}
-
-/// What a passed-through stream is watched for.
-#[derive(Debug)]
-pub struct Watch {
-    wire: Wire,
-    hide_usage_chunk: bool,
-    /// `[DONE]` or `message_stop` seen.
-    done: bool,
-    /// The upstream sent its own error event (forwarded as is).
-    failed: bool,
-    usage: Option<Usage>,
-    output_chars: usize,
-}
-
-impl Watch {
-    pub fn new(wire: Wire, hide_usage_chunk: bool) -> Self {
-        Watch {
-            wire,
-            hide_usage_chunk,
-            done: false,
-            failed: false,
-            usage: None,
-            output_chars: 0,
-        }
-    }
 }
 
 pub struct Translator {
@@ -111,10 +85,12 @@ pub struct Relay {
     capture: Option<Capture>,
     /// Output produced while waiting for the first event.
     primed: Option<Bytes>,
+    /// The upstream's body has ended.
+    ended: bool,
     finished: bool,
 }
 
-/// Why a chunk could not be relayed.
+/// Why a stream cannot go on.
 enum Break {
     /// The upstream reported an error in its protocol.
     Upstream(UpstreamFailure),
@@ -122,9 +98,19 @@ enum Break {
     Malformed(String),
 }
 
+/// What one upstream chunk comes to.
+#[derive(Default)]
+struct Step {
+    /// What to send the client now.
+    output: Option<Bytes>,
+    /// Why the stream cannot go on after `output`.
+    broke: Option<Break>,
+}
+
 impl Relay {
     /// Waits for the first events of the stream (within `first_byte_deadline`), so that an early
-    /// failure is still answered as a plain error with its status.
+    /// failure (an error event, a malformed event, an empty stream) is still answered as a plain
+    /// error with its status, and can be retried elsewhere.
     pub async fn start(
         upstream: UpstreamBody,
         mode: Mode,
@@ -144,46 +130,46 @@ impl Relay {
             settings,
             capture,
             primed: None,
+            ended: false,
             finished: false,
         };
         loop {
-            let chunk = match timeout_at(first_byte_deadline, relay.upstream.next()).await {
+            let step = match timeout_at(first_byte_deadline, relay.upstream.next()).await {
                 Err(_elapsed) => {
                     return Err(ApiError::upstream_timeout(
                         "no stream data within the first-byte timeout",
                     ));
                 }
                 Ok(None) => {
-                    return Err(ApiError::upstream_bad_response(
-                        "the stream ended before any event",
-                    ));
+                    relay.ended = true;
+                    relay.process_rest()
                 }
                 Ok(Some(Err(error))) => {
                     return Err(ApiError::upstream_bad_response(&error.to_string()));
                 }
-                Ok(Some(Ok(chunk))) => chunk,
+                Ok(Some(Ok(chunk))) => relay.process(chunk),
             };
-            match relay.process(chunk) {
-                Ok(None) => continue,
-                Ok(Some(output)) => {
-                    if let Some(failure) = relay.early_failure(&output) {
-                        return Err(ApiError::from_upstream(
-                            &relay.redacted(failure),
-                            relay.settings.protocol,
-                        ));
+            if let Some(broke) = step.broke {
+                // Nothing reached the client yet: a plain error, which may be retried.
+                return Err(match broke {
+                    Break::Upstream(failure) => relay.upstream_error(failure),
+                    Break::Malformed(detail) => ApiError::upstream_bad_response(&detail),
+                });
+            }
+            match step.output {
+                Some(output) => {
+                    if let Some(failure) = relay.early_failure() {
+                        return Err(relay.upstream_error(failure));
                     }
                     relay.primed = Some(output);
                     return Ok(relay);
                 }
-                Err(Break::Upstream(failure)) => {
-                    return Err(ApiError::from_upstream(
-                        &relay.redacted(failure),
-                        relay.settings.protocol,
+                None if relay.ended => {
+                    return Err(ApiError::upstream_bad_response(
+                        "the stream ended before any event",
                     ));
                 }
-                Err(Break::Malformed(detail)) => {
-                    return Err(ApiError::upstream_bad_response(&detail));
-                }
+                None => {}
             }
         }
     }
@@ -221,67 +207,116 @@ impl Relay {
             if self.finished {
                 return None;
             }
+            if self.ended {
+                return self.end_of_upstream();
+            }
             let wait_until = self
                 .settings
                 .deadline
                 .min(Instant::now() + self.settings.idle);
-            let chunk = match timeout_at(wait_until, self.upstream.next()).await {
-                Ok(Some(Ok(chunk))) => chunk,
-                Ok(None) => return self.end_of_upstream(),
+            let step = match timeout_at(wait_until, self.upstream.next()).await {
+                Ok(Some(Ok(chunk))) => self.process(chunk),
+                Ok(None) => {
+                    self.ended = true;
+                    self.process_rest()
+                }
                 Ok(Some(Err(error))) => {
-                    return self.fail(ApiError::upstream_stream_error(&format!(
-                        "The upstream stream broke: {error}"
-                    )));
+                    return self.fail(
+                        None,
+                        ApiError::upstream_stream_error(&format!(
+                            "The upstream stream broke: {error}"
+                        )),
+                    );
                 }
                 Err(_elapsed) if Instant::now() >= self.settings.deadline => {
-                    return self.fail(ApiError::upstream_stream_timeout(
-                        "The stream passed the total time limit.",
-                    ));
+                    return self.fail(
+                        None,
+                        ApiError::upstream_stream_timeout(
+                            "The stream passed the total time limit.",
+                        ),
+                    );
                 }
                 Err(_elapsed) => {
                     let idle = self.settings.idle.as_secs_f64();
-                    return self.fail(ApiError::upstream_stream_timeout(&format!(
-                        "The upstream sent nothing for {idle}s."
-                    )));
+                    return self.fail(
+                        None,
+                        ApiError::upstream_stream_timeout(&format!(
+                            "The upstream sent nothing for {idle}s."
+                        )),
+                    );
                 }
             };
-            match self.process(chunk) {
-                Ok(Some(output)) => return Some(output),
-                Ok(None) => {}
-                Err(Break::Upstream(failure)) => {
-                    let failure = self.redacted(failure);
-                    let error = ApiError::from_upstream(&failure, self.settings.protocol);
-                    return self.fail(error);
+            match step {
+                Step {
+                    output,
+                    broke: Some(broke),
+                } => {
+                    let error = match broke {
+                        Break::Upstream(failure) => self.upstream_error(failure),
+                        Break::Malformed(detail) => ApiError::upstream_stream_error(&format!(
+                            "The upstream sent an invalid event: {detail}"
+                        )),
+                    };
+                    return self.fail(output, error);
                 }
-                Err(Break::Malformed(detail)) => {
-                    return self.fail(ApiError::upstream_stream_error(&format!(
-                        "The upstream sent an invalid event: {detail}"
-                    )));
-                }
+                Step {
+                    output: Some(output),
+                    broke: None,
+                } => return Some(output),
+                Step {
+                    output: None,
+                    broke: None,
+                } => {}
             }
         }
     }
 
-    /// Takes one upstream chunk; returns what to send the client now, if anything.
-    fn process(&mut self, chunk: Bytes) -> Result<Option<Bytes>, Break> {
-        let Some(whole) = self.splitter.push(chunk) else {
-            return Ok(None);
-        };
+    /// Takes one upstream chunk.
+    fn process(&mut self, chunk: Bytes) -> Step {
+        match self.splitter.push(chunk) {
+            Some(whole) => self.process_whole(whole),
+            None => Step::default(),
+        }
+    }
+
+    /// At the end of the upstream's body: an event it did not end with an empty line.
+    fn process_rest(&mut self) -> Step {
+        match self.splitter.finish() {
+            Some(whole) => self.process_whole(whole),
+            None => Step::default(),
+        }
+    }
+
+    /// Takes whole events: forwarded as they are (watched), or translated one by one.
+    fn process_whole(&mut self, whole: Bytes) -> Step {
         if let Some(capture) = &mut self.capture {
             capture.gather(&whole);
         }
         match &mut self.mode {
-            Mode::Passthrough(watch) => Ok(watch_events(watch, whole)),
+            Mode::Passthrough(watch) => {
+                let watched = watch.watch(whole);
+                Step {
+                    output: watched.forward,
+                    broke: watched.malformed.map(Break::Malformed),
+                }
+            }
             Mode::Translate(translator) => {
+                let Ok(text) = std::str::from_utf8(&whole) else {
+                    return Step {
+                        output: None,
+                        broke: Some(Break::Malformed("the stream is not UTF-8".to_owned())),
+                    };
+                };
                 let mut out = BytesMut::new();
-                for event in events::events(&whole) {
-                    translator
-                        .decoder
-                        .decode(event, &mut translator.scratch)
-                        .map_err(|error| match error {
+                let mut broke = None;
+                for event in events::events(text) {
+                    if let Err(error) = translator.decoder.decode(event, &mut translator.scratch) {
+                        broke = Some(match error {
                             DecodeError::Upstream(failure) => Break::Upstream(failure),
                             DecodeError::Malformed(detail) => Break::Malformed(detail),
-                        })?;
+                        });
+                        break;
+                    }
                     for event in translator.scratch.drain(..) {
                         if let Some(capture) = &mut self.capture {
                             capture.builder.push(&event);
@@ -289,7 +324,10 @@ impl Relay {
                         translator.encoder.encode(event, &mut out);
                     }
                 }
-                Ok((!out.is_empty()).then(|| out.freeze()))
+                Step {
+                    output: (!out.is_empty()).then(|| out.freeze()),
+                    broke,
+                }
             }
         }
     }
@@ -306,7 +344,7 @@ impl Relay {
                 self.settings.ctx.set_body_done();
                 None
             }
-            Mode::Passthrough(watch) if watch.failed => {
+            Mode::Passthrough(watch) if watch.failure.is_some() => {
                 // The upstream's own error event already reached the client.
                 let (usage, chars) = (watch.usage, watch.output_chars);
                 self.record_usage(usage, chars);
@@ -325,12 +363,12 @@ impl Relay {
                 self.settings.ctx.set_body_done();
                 Some(out.freeze())
             }
-            _ => {
-                self.finished = false;
-                self.fail(ApiError::upstream_stream_error(
+            _ => self.fail(
+                None,
+                ApiError::upstream_stream_error(
                     "The upstream ended the stream before it was complete.",
-                ))
-            }
+                ),
+            ),
         }
     }
 
@@ -365,8 +403,9 @@ impl Relay {
         self.settings.ctx.set_usage(usage, source);
     }
 
-    /// Ends the stream with the client protocol's error event.
-    fn fail(&mut self, error: ApiError) -> Option<Bytes> {
+    /// Ends the stream: the events that could still be sent (`before`), then the client
+    /// protocol's error event.
+    fn fail(&mut self, before: Option<Bytes>, error: ApiError) -> Option<Bytes> {
         self.finished = true;
         self.settings.inflight = None;
         self.settings.ctx.set_upstream_done();
@@ -374,6 +413,9 @@ impl Relay {
         tracing::warn!(request_id = %self.settings.ctx.request_id, code = error.code,
                        message = %error.message, "stream ended with an error event");
         let mut out = BytesMut::new();
+        if let Some(before) = before {
+            out.extend_from_slice(&before);
+        }
         match &mut self.mode {
             Mode::Passthrough(watch) => {
                 let (usage, chars) = (watch.usage, watch.output_chars);
@@ -403,26 +445,24 @@ impl Relay {
         Some(out.freeze())
     }
 
-    /// A passed-through stream whose first event is the upstream's error event: the failure it
+    /// A passed-through stream that began with the upstream's error event: the failure it
     /// reports, so that it can still be answered with a status.
-    fn early_failure(&self, output: &[u8]) -> Option<UpstreamFailure> {
-        let Mode::Passthrough(watch) = &self.mode else {
-            return None;
-        };
-        if !watch.failed {
-            return None;
+    fn early_failure(&self) -> Option<UpstreamFailure> {
+        match &self.mode {
+            Mode::Passthrough(watch) => match &watch.failure {
+                Some((failure, true)) => Some(failure.clone()),
+                _ => None,
+            },
+            Mode::Translate(_) => None,
         }
-        let first = events::events(output).next()?;
-        let data: Value = serde_json::from_str(first.data.trim()).ok()?;
-        data.get("error")?;
-        Some(passthrough_failure(watch.wire, &data))
     }
 
-    fn redacted(&self, mut failure: UpstreamFailure) -> UpstreamFailure {
+    /// An upstream's failure in the client's protocol, secrets redacted.
+    fn upstream_error(&self, mut failure: UpstreamFailure) -> ApiError {
         if let Some(clean) = redact_secrets(failure.message.as_bytes(), &self.settings.secrets) {
             failure.message = String::from_utf8_lossy(&clean).into_owned();
         }
-        failure
+        ApiError::from_upstream(&failure, self.settings.protocol)
     }
 }
 
@@ -433,7 +473,8 @@ impl Capture {
         let Some(decoder) = &mut self.decoder else {
             return;
         };
-        for event in events::events(whole) {
+        let text = std::str::from_utf8(whole).unwrap_or_default();
+        for event in events::events(text) {
             if decoder.decode(event, &mut self.events).is_err() {
                 self.fill = None;
                 self.decoder = None;
@@ -452,170 +493,5 @@ pub fn upstream_decoder(wire: Wire) -> Box<dyn Decoder> {
         Wire::OpenAi => Box::<openai::stream::ChatDecoder>::default(),
         Wire::Anthropic => Box::<anthropic::stream::MessagesDecoder>::default(),
         Wire::Gemini => Box::<crate::translate::gemini::stream::GenerateDecoder>::default(),
-    }
-}
-
-/// Watches passed-through events (end marker, usage, the upstream's error event); returns what
-/// to forward: the same bytes, or the events minus a hidden usage chunk. Runs per chunk: OpenAI
-/// events are scanned as bytes, and parsed only for the usage chunk.
-fn watch_events(watch: &mut Watch, whole: Bytes) -> Option<Bytes> {
-    let mut hidden = false;
-    match watch.wire {
-        Wire::Anthropic => {
-            for event in events::events(&whole) {
-                match event.name.unwrap_or_default() {
-                    "message_start" | "message_delta" => {
-                        if let Ok(value) = serde_json::from_str::<Value>(event.data.trim()) {
-                            let usage = value
-                                .get("message")
-                                .map_or(&value["usage"], |message| &message["usage"]);
-                            if usage.is_object() {
-                                let base = watch.usage.unwrap_or_default();
-                                watch.usage = Some(anthropic::response::usage_of(usage, base));
-                            }
-                        }
-                    }
-                    "content_block_delta" => {
-                        watch.output_chars += content_chars(event.data.as_bytes());
-                    }
-                    "message_stop" => watch.done = true,
-                    "error" => watch.failed = true,
-                    _ => {}
-                }
-            }
-        }
-        _ => {
-            for data in data_payloads(&whole) {
-                if data == b"[DONE]" {
-                    watch.done = true;
-                } else if data.starts_with(b"{\"error\"") {
-                    watch.failed = true;
-                } else if memmem::find(data, b"\"usage\":{").is_some() {
-                    if let Ok(value) = serde_json::from_slice::<Value>(data) {
-                        watch.usage = openai::response::usage_of(&value["usage"]).or(watch.usage);
-                        let no_choices = value["choices"].as_array().is_none_or(Vec::is_empty);
-                        hidden |= watch.hide_usage_chunk && no_choices;
-                    }
-                } else {
-                    watch.output_chars += content_chars(data);
-                }
-            }
-        }
-    }
-    if !hidden {
-        return Some(whole);
-    }
-    // Rare (once per stream): rebuild the events without the usage chunk.
-    let text = String::from_utf8_lossy(&whole);
-    let mut out = BytesMut::with_capacity(whole.len());
-    for block in text.split_inclusive("\n\n") {
-        let is_usage_chunk = block.contains("\"usage\":{")
-            && events::events(block.as_bytes()).all(|event| {
-                serde_json::from_str::<Value>(event.data.trim())
-                    .ok()
-                    .is_some_and(|v| v["choices"].as_array().is_none_or(Vec::is_empty))
-            });
-        if !is_usage_chunk {
-            out.extend_from_slice(block.as_bytes());
-        }
-    }
-    (!out.is_empty()).then(|| out.freeze())
-}
-
-/// The JSON string fields that hold generated text: OpenAI `content`, `text` and tool
-/// `arguments`, Anthropic `text`, `partial_json` and `thinking` deltas.
-static TEXT_FIELDS: LazyLock<[memmem::Finder<'static>; 5]> = LazyLock::new(|| {
-    [
-        memmem::Finder::new(b"\"content\":\""),
-        memmem::Finder::new(b"\"text\":\""),
-        memmem::Finder::new(b"\"arguments\":\""),
-        memmem::Finder::new(b"\"partial_json\":\""),
-        memmem::Finder::new(b"\"thinking\":\""),
-    ]
-});
-
-/// Characters of generated text in one event, for a usage estimate when the upstream reports
-/// none.
-fn content_chars(data: &[u8]) -> usize {
-    TEXT_FIELDS
-        .iter()
-        .map(|finder| {
-            finder
-                .find_iter(data)
-                .map(|at| string_length(&data[at + finder.needle().len()..]))
-                .sum::<usize>()
-        })
-        .sum()
-}
-
-/// Length of a JSON string body up to its closing quote.
-fn string_length(bytes: &[u8]) -> usize {
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'"' => return i,
-            _ => i += 1,
-        }
-    }
-    bytes.len()
-}
-
-/// The failure in an upstream's error event, for the protocols that pass through.
-pub fn passthrough_failure(wire: Wire, data: &Value) -> UpstreamFailure {
-    match wire {
-        Wire::Anthropic => from_anthropic(0, data),
-        _ => from_openai(0, data),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn usage_chunk_hidden_when_only_the_gateway_asked() {
-        let mut watch = Watch::new(Wire::OpenAi, true);
-        let events = Bytes::from_static(
-            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
-data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n\
-data: [DONE]\n\n",
-        );
-        let out = watch_events(&mut watch, events).unwrap();
-        let text = std::str::from_utf8(&out).unwrap();
-        assert!(!text.contains("prompt_tokens"), "{text}");
-        assert!(text.contains("\"content\":\"hi\"") && text.ends_with("data: [DONE]\n\n"));
-        assert!(watch.done);
-        assert_eq!(watch.usage.unwrap().input, 3);
-        assert_eq!(watch.output_chars, 2);
-
-        let mut keep = Watch::new(Wire::OpenAi, false);
-        let events =
-            Bytes::from_static(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n");
-        assert_eq!(watch_events(&mut keep, events.clone()).unwrap(), events);
-    }
-
-    #[test]
-    fn anthropic_usage_is_read_on_the_side() {
-        let mut watch = Watch::new(Wire::Anthropic, false);
-        let events = Bytes::from_static(
-            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n\
-event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n\n\
-event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-        );
-        assert_eq!(watch_events(&mut watch, events.clone()).unwrap(), events);
-        let usage = watch.usage.unwrap();
-        assert_eq!((usage.input, usage.output), (10, 7));
-        assert!(watch.done);
-    }
-
-    #[test]
-    fn content_characters() {
-        assert_eq!(content_chars(br#"{"delta":{"content":"a\"b"}}"#), 4);
-        assert_eq!(
-            content_chars(br#"{"delta":{"tool_calls":[{"function":{"arguments":"{}"}}]}}"#),
-            2
-        );
-        assert_eq!(content_chars(br#"{"delta":{"content":null}}"#), 0);
     }
 }

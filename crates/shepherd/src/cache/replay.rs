@@ -14,16 +14,27 @@ use crate::translate::ir::{self, Event, Finish, Part, ToolCall, Usage};
 use crate::translate::stream::Encoder;
 use crate::translate::{anthropic, openai};
 
+/// The most choices an answer gathered from a stream may have.
+const MAX_CHOICES: usize = 128;
+
 /// Gathers the canonical events of a stream into one answer.
 #[derive(Debug, Default)]
 pub struct AnswerBuilder {
     id: Option<String>,
     model: Option<String>,
+    /// The choice the events are for.
+    current: usize,
+    choices: Vec<ChoiceBuilder>,
+    usage: Option<Usage>,
+}
+
+/// One choice of an answer being gathered.
+#[derive(Debug, Default)]
+struct ChoiceBuilder {
     parts: Vec<Part>,
     /// Position in `parts` of each tool call, by canonical index.
     calls: Vec<usize>,
     finish: Option<(Finish, Option<String>)>,
-    usage: Option<Usage>,
 }
 
 impl AnswerBuilder {
@@ -33,6 +44,45 @@ impl AnswerBuilder {
                 self.id.clone_from(id);
                 self.model.clone_from(model);
             }
+            Event::Choice(index) => self.current = (*index).min(MAX_CHOICES),
+            Event::Usage(usage) => self.usage = Some(*usage),
+            other => {
+                if self.choices.len() <= self.current {
+                    self.choices
+                        .resize_with(self.current + 1, ChoiceBuilder::default);
+                }
+                self.choices[self.current].push(other);
+            }
+        }
+    }
+
+    /// The whole answer, if the stream said how every choice finished.
+    pub fn finish(self) -> Option<ir::Response> {
+        let mut choices = self.choices.into_iter().map(|choice| {
+            let (finish, stop_sequence) = choice.finish?;
+            Some(ir::Choice {
+                parts: choice.parts,
+                finish,
+                stop_sequence,
+            })
+        });
+        let first = choices.next()??;
+        let alternatives = choices.collect::<Option<Vec<_>>>()?;
+        Some(ir::Response {
+            id: self.id,
+            model: self.model,
+            parts: first.parts,
+            finish: first.finish,
+            stop_sequence: first.stop_sequence,
+            alternatives,
+            usage: self.usage,
+        })
+    }
+}
+
+impl ChoiceBuilder {
+    fn push(&mut self, event: &Event) {
+        match event {
             Event::Text(text) => match self.parts.last_mut() {
                 Some(Part::Text(last)) => last.push_str(text),
                 _ => self.parts.push(Part::Text(text.clone())),
@@ -45,6 +95,9 @@ impl AnswerBuilder {
                 }),
             },
             Event::ToolStart { index, id, name } => {
+                if *index >= MAX_TOOL_CALLS {
+                    return;
+                }
                 if self.calls.len() <= *index {
                     self.calls.resize(index + 1, usize::MAX);
                 }
@@ -65,23 +118,13 @@ impl AnswerBuilder {
                 reason,
                 stop_sequence,
             } => self.finish = Some((*reason, stop_sequence.clone())),
-            Event::Usage(usage) => self.usage = Some(*usage),
+            Event::Start { .. } | Event::Choice(_) | Event::Usage(_) => {}
         }
     }
-
-    /// The whole answer, if the stream said how it finished.
-    pub fn finish(self) -> Option<ir::Response> {
-        let (finish, stop_sequence) = self.finish?;
-        Some(ir::Response {
-            id: self.id,
-            model: self.model,
-            parts: self.parts,
-            finish,
-            stop_sequence,
-            usage: self.usage,
-        })
-    }
 }
+
+/// The most tool calls of one choice kept for the cache.
+const MAX_TOOL_CALLS: usize = 1024;
 
 /// The canonical events that replay `answer` as a stream.
 fn events(answer: &ir::Response) -> Vec<Event> {
@@ -89,30 +132,35 @@ fn events(answer: &ir::Response) -> Vec<Event> {
         id: None,
         model: answer.model.clone(),
     }];
-    let mut tools = 0;
-    for part in &answer.parts {
-        match part {
-            Part::Text(text) => events.push(Event::Text(text.clone())),
-            Part::Thinking { text, .. } => events.push(Event::Thinking(text.clone())),
-            Part::ToolCall(call) => {
-                events.push(Event::ToolStart {
-                    index: tools,
-                    id: call.id.clone(),
-                    name: call.name.clone(),
-                });
-                events.push(Event::ToolArgs {
-                    index: tools,
-                    fragment: call.arguments.clone(),
-                });
-                tools += 1;
-            }
-            _ => {}
+    for (n, choice) in answer.choices().enumerate() {
+        if n > 0 {
+            events.push(Event::Choice(n));
         }
+        let mut tools = 0;
+        for part in choice.parts {
+            match part {
+                Part::Text(text) => events.push(Event::Text(text.clone())),
+                Part::Thinking { text, .. } => events.push(Event::Thinking(text.clone())),
+                Part::ToolCall(call) => {
+                    events.push(Event::ToolStart {
+                        index: tools,
+                        id: call.id.clone(),
+                        name: call.name.clone(),
+                    });
+                    events.push(Event::ToolArgs {
+                        index: tools,
+                        fragment: call.arguments.clone(),
+                    });
+                    tools += 1;
+                }
+                _ => {}
+            }
+        }
+        events.push(Event::Finish {
+            reason: choice.finish,
+            stop_sequence: choice.stop_sequence.map(str::to_owned),
+        });
     }
-    events.push(Event::Finish {
-        reason: answer.finish,
-        stop_sequence: answer.stop_sequence.clone(),
-    });
     events
 }
 

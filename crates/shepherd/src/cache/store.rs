@@ -28,7 +28,8 @@ impl Entry {
         let parts: usize = self
             .answer
             .iter()
-            .flat_map(|answer| &answer.parts)
+            .flat_map(|answer| answer.choices())
+            .flat_map(|choice| choice.parts)
             .map(|part| match part {
                 Part::Text(text) => text.len(),
                 Part::ToolCall(call) => call.id.len() + call.name.len() + call.arguments.len(),
@@ -157,6 +158,7 @@ mod tests {
                 parts: vec![Part::Text(text.to_owned())],
                 finish: Finish::Stop,
                 stop_sequence: None,
+                alternatives: Vec::new(),
                 usage: None,
             }),
             body: None,

@@ -58,6 +58,9 @@ pub enum KeysCommand {
         /// A JSON object.
         #[arg(long)]
         metadata: Option<String>,
+        /// The model used when a request names none.
+        #[arg(long)]
+        default_model: Option<String>,
     },
     /// List keys (never their secrets).
     List {
@@ -184,6 +187,7 @@ fn spec_of(command: &KeysCommand) -> Result<Value, String> {
         budget_period,
         expires_in,
         metadata,
+        default_model,
     } = command
     else {
         return Ok(json!({}));
@@ -198,6 +202,9 @@ fn spec_of(command: &KeysCommand) -> Result<Value, String> {
     }
     if let Some(expires_in) = expires_in {
         spec["expires_in"] = json!(expires_in);
+    }
+    if let Some(default_model) = default_model {
+        spec["default_model"] = json!(default_model);
     }
     if let Some(metadata) = metadata {
         let metadata: Value =

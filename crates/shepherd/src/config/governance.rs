@@ -3,6 +3,7 @@
 //! client address, route and model).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -92,7 +93,93 @@ impl Loader {
         Some(StateConfig { database })
     }
 
-    pub(super) fn keys(&mut self, value: Value) -> Vec<KeyConfig> {
+    /// `routes`: per client route, a default model and the models served.
+    pub(super) fn routes(&mut self, value: Value, models: &[ModelConfig]) -> Vec<RouteRule> {
+        let entries = match value {
+            Value::Null => return Vec::new(),
+            Value::Object(entries) => entries,
+            _ => {
+                self.problem(
+                    "routes",
+                    "must map routes to rules, e.g. {/v1/embeddings: {default_model: m}}",
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (route, value) in entries {
+            let path = join_path("routes", &route);
+            if !crate::api::ROUTES.contains(&route.as_str()) {
+                self.problem(
+                    &path,
+                    format!("unknown route; one of {}", crate::api::ROUTES.join(", ")),
+                );
+                continue;
+            }
+            let raw: RawRoute = if value.is_null() {
+                RawRoute::default()
+            } else {
+                match self.section(value, &path) {
+                    Some(raw) => raw,
+                    None => continue,
+                }
+            };
+            let patterns = self.patterns(raw.models.unwrap_or_default(), &path);
+            let default_model = self.default_model(
+                raw.default_model,
+                models,
+                &join_path(&path, "default_model"),
+            );
+            if let Some(default) = &default_model {
+                let rule_allows =
+                    patterns.is_empty() || patterns.iter().any(|p| p.matches(default));
+                if !rule_allows {
+                    self.problem(
+                        &join_path(&path, "default_model"),
+                        format!("`{default}` is not among the route's `models`"),
+                    );
+                }
+            }
+            out.push(RouteRule {
+                path: route,
+                default_model,
+                models: patterns,
+            });
+        }
+        out
+    }
+
+    /// Model patterns (one `*` at most each).
+    fn patterns(&mut self, patterns: Vec<String>, path: &str) -> Vec<ModelPattern> {
+        for (m, pattern) in patterns.iter().enumerate() {
+            if pattern.matches('*').count() > 1 {
+                self.problem(
+                    &index_path(&join_path(path, "models"), m),
+                    "a pattern may hold one `*` at most",
+                );
+            }
+        }
+        patterns.into_iter().map(ModelPattern::new).collect()
+    }
+
+    /// A default model, which must be one of the config's models.
+    fn default_model(
+        &mut self,
+        name: Option<String>,
+        models: &[ModelConfig],
+        path: &str,
+    ) -> Option<Arc<str>> {
+        let name = name?;
+        match models.iter().find(|model| *model.name == *name) {
+            Some(model) => Some(model.name.clone()),
+            None => {
+                self.problem(path, format!("unknown model `{name}`"));
+                None
+            }
+        }
+    }
+
+    pub(super) fn keys(&mut self, value: Value, models: &[ModelConfig]) -> Vec<KeyConfig> {
         let items = match value {
             Value::Null => return Vec::new(),
             Value::Array(items) => items,
@@ -123,12 +210,17 @@ impl Loader {
                     "the same key value is given twice",
                 );
             }
-            let patterns = raw.models.unwrap_or_else(|| vec!["*".to_owned()]);
-            for (m, pattern) in patterns.iter().enumerate() {
-                if pattern.matches('*').count() > 1 {
+            let patterns = self.patterns(raw.models.unwrap_or_else(|| vec!["*".to_owned()]), &path);
+            let default_model = self.default_model(
+                raw.default_model,
+                models,
+                &join_path(&path, "default_model"),
+            );
+            if let Some(default) = &default_model {
+                if !patterns.iter().any(|p| p.matches(default)) {
                     self.problem(
-                        &index_path(&join_path(&path, "models"), m),
-                        "a pattern may hold one `*` at most",
+                        &join_path(&path, "default_model"),
+                        format!("`{default}` is not among the key's `models`"),
                     );
                 }
             }
@@ -155,7 +247,8 @@ impl Loader {
             out.push(KeyConfig {
                 name: raw.name.into(),
                 key: Secret::new(raw.key),
-                models: patterns.into_iter().map(ModelPattern::new).collect(),
+                models: patterns,
+                default_model,
                 limits,
                 budget,
                 metadata: Value::Object(raw.metadata.unwrap_or_default()),

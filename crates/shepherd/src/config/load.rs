@@ -137,7 +137,8 @@ impl Loader {
         let state = self.state(take("state"));
         let providers = self.providers(take("providers"));
         let models = self.models(take("models"), &providers);
-        let keys = self.keys(take("keys"));
+        let keys = self.keys(take("keys"), &models);
+        let routes = self.routes(take("routes"), &models);
         let limits = self.limits(take("limits"), &models);
         let retry = self.retry(take("retry"));
         let circuit = self.circuit(take("circuit"));
@@ -150,6 +151,7 @@ impl Loader {
             providers,
             models,
             keys,
+            routes,
             limits: limits?,
             retry: retry?,
             circuit: circuit?,

@@ -32,6 +32,8 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
     pub keys: Vec<KeyConfig>,
+    /// Rules per client route: a default model and the models allowed.
+    pub routes: Vec<RouteRule>,
     pub limits: LimitsConfig,
     pub retry: RetryConfig,
     pub circuit: CircuitConfig,
@@ -409,6 +411,25 @@ pub struct KeyConfig {
     pub metadata: serde_json::Value,
     /// Unix seconds after which the key is refused.
     pub expires_at: Option<i64>,
+    /// The model used when a request names none.
+    pub default_model: Option<Arc<str>>,
+}
+
+/// The rules of one client route.
+#[derive(Debug, Clone)]
+pub struct RouteRule {
+    /// `/v1/chat/completions`…
+    pub path: String,
+    /// The model used when a request on this route names none (after the key's own).
+    pub default_model: Option<Arc<str>>,
+    /// The models this route serves; empty: all.
+    pub models: Vec<ModelPattern>,
+}
+
+impl RouteRule {
+    pub fn allows(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|pattern| pattern.matches(model))
+    }
 }
 
 /// A model name, or a pattern with one `*` wildcard (`gpt-*`, `*-mini`, `*`).

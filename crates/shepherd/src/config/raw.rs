@@ -13,6 +13,7 @@ pub const SECTIONS: &[&str] = &[
     "providers",
     "models",
     "keys",
+    "routes",
     "limits",
     "retry",
     "circuit",
@@ -299,6 +300,18 @@ pub struct RawKey {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// RFC 3339 time after which the key is refused.
     pub expires: Option<String>,
+    /// The model used when a request names none.
+    pub default_model: Option<String>,
+}
+
+/// Rules of one client route (`routes: {/v1/embeddings: {...}}`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// The model used when a request on this route names none.
+    pub default_model: Option<String>,
+    /// The models this route serves (names or one-`*` patterns); all when absent.
+    pub models: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -358,6 +358,7 @@ mod tests {
             budget,
             metadata: serde_json::Value::Null,
             expires_at: None,
+            default_model: None,
         })
     }
 

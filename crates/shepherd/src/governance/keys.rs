@@ -29,6 +29,8 @@ pub struct ClientKey {
     pub metadata: Value,
     /// Unix seconds after which the key is refused.
     pub expires_at: Option<i64>,
+    /// The model used when a request names none.
+    pub default_model: Option<Arc<str>>,
 }
 
 impl ClientKey {
@@ -45,6 +47,7 @@ impl ClientKey {
             budget: config.budget,
             metadata: config.metadata.clone(),
             expires_at: config.expires_at,
+            default_model: config.default_model.clone(),
         }
     }
 

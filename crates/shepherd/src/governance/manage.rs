@@ -67,6 +67,9 @@ pub struct KeySpec {
     pub expires_in: Option<String>,
     pub metadata: Option<Value>,
     pub enabled: Option<bool>,
+    /// The model used when a request names none (`null` removes it).
+    #[serde(default, deserialize_with = "nullable")]
+    pub default_model: Option<Option<String>>,
 }
 
 fn apply(spec: KeySpec, key: &mut StoredKey, now: i64) -> Result<(), ManageError> {
@@ -148,6 +151,15 @@ fn apply(spec: KeySpec, key: &mut StoredKey, now: i64) -> Result<(), ManageError
         }
         key.metadata = metadata;
     }
+    if let Some(default_model) = spec.default_model {
+        if default_model
+            .as_deref()
+            .is_some_and(|m| m.trim().is_empty())
+        {
+            return Err(invalid("`default_model` must not be empty".into()));
+        }
+        key.default_model = default_model;
+    }
     if let Some(enabled) = spec.enabled {
         key.enabled = enabled;
         key.revoked_at = if enabled { None } else { Some(now) };
@@ -180,6 +192,7 @@ pub fn view(key: &StoredKey, spent_nano_usd: Option<u64>, inflight: Option<u32>)
         })),
         "expires_at": key.expires_at.map(rfc3339),
         "metadata": key.metadata,
+        "default_model": key.default_model,
         "enabled": key.enabled,
         "created_at": rfc3339(key.created_at),
         "updated_at": rfc3339(key.updated_at),
@@ -216,6 +229,7 @@ pub fn create(
         budget_period: None,
         expires_at: None,
         metadata: json!({}),
+        default_model: None,
         enabled: true,
         created_at: now,
         updated_at: now,

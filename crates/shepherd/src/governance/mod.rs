@@ -364,5 +364,6 @@ pub fn client_of(stored: &StoredKey) -> ClientKey {
             }),
         metadata: stored.metadata.clone(),
         expires_at: stored.expires_at,
+        default_model: stored.default_model.as_deref().map(Arc::from),
     }
 }

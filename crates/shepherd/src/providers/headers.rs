@@ -3,7 +3,7 @@
 
 use axum::http::{HeaderMap, HeaderName, header};
 
-use crate::config::Secret;
+use crate::config::{Secret, Wire};
 
 /// Connection-level headers (RFC 9110 §7.6.1) plus `host` and `content-length`, which the
 /// client library sets for the new connection.
@@ -64,13 +64,25 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// The client's headers that may travel to the upstream.
-pub fn forwardable_request_headers(client: &HeaderMap) -> HeaderMap {
+/// Header families that belong to one protocol: forwarded only to upstreams that speak it
+/// (an OpenAI upstream has no use for `anthropic-beta`, and may refuse it).
+const PROTOCOL_HEADERS: &[(&str, Wire)] = &[
+    ("anthropic-", Wire::Anthropic),
+    ("openai-", Wire::OpenAi),
+    ("x-goog-", Wire::Gemini),
+];
+
+/// The client's headers that may travel to an upstream speaking `upstream`.
+pub fn forwardable_request_headers(client: &HeaderMap, upstream: Wire) -> HeaderMap {
     let dynamic = connection_tokens(client);
     let mut out = HeaderMap::with_capacity(client.len());
     for (name, value) in client {
+        let other_protocol = PROTOCOL_HEADERS
+            .iter()
+            .any(|(prefix, wire)| *wire != upstream && name.as_str().starts_with(prefix));
         if listed_in(name, HOP_BY_HOP)
             || listed_in(name, NOT_FORWARDED_UP)
+            || other_protocol
             || name.as_str().starts_with("x-shepherd-")
             || dynamic.iter().any(|token| token == name.as_str())
         {
@@ -176,9 +188,38 @@ mod tests {
                 HeaderValue::from_static(value),
             );
         }
-        let out = forwardable_request_headers(&client);
+        let out = forwardable_request_headers(&client, Wire::OpenAi);
         let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, vec!["content-type", "x-custom", "openai-beta"]);
+    }
+
+    #[test]
+    fn protocol_headers_go_only_to_their_protocol() {
+        let mut client = HeaderMap::new();
+        for (name, value) in [
+            ("anthropic-version", "2023-06-01"),
+            ("anthropic-beta", "prompt-caching-2024-07-31"),
+            ("openai-beta", "assistants=v2"),
+            ("x-goog-user-project", "p"),
+            ("user-agent", "sdk/1"),
+        ] {
+            client.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let names = |wire| {
+            let out = forwardable_request_headers(&client, wire);
+            out.keys()
+                .map(|n| n.as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(Wire::OpenAi), ["openai-beta", "user-agent"]);
+        assert_eq!(
+            names(Wire::Anthropic),
+            ["anthropic-version", "anthropic-beta", "user-agent"]
+        );
+        assert_eq!(names(Wire::Gemini), ["x-goog-user-project", "user-agent"]);
     }
 
     #[test]

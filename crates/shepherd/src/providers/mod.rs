@@ -56,6 +56,10 @@ pub enum Operation {
     GenerateContent,
     /// Gemini `:batchEmbedContents`.
     BatchEmbed,
+    /// Anthropic `/v1/messages/count_tokens`.
+    CountTokens,
+    /// Gemini `:countTokens`.
+    GeminiCountTokens,
 }
 
 /// A request ready for an upstream: body already in its protocol.

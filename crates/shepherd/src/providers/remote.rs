@@ -94,9 +94,11 @@ impl Remote {
             Operation::Completions => &self.urls.completions,
             Operation::Embeddings => &self.urls.embeddings,
             Operation::Messages => &self.urls.messages,
-            Operation::GenerateContent | Operation::BatchEmbed => {
+            Operation::CountTokens => &self.urls.count_tokens,
+            Operation::GenerateContent | Operation::BatchEmbed | Operation::GeminiCountTokens => {
                 let method = match (request.operation, request.stream) {
                     (Operation::BatchEmbed, _) => "batchEmbedContents",
+                    (Operation::GeminiCountTokens, _) => "countTokens",
                     (_, true) => "streamGenerateContent?alt=sse",
                     (_, false) => "generateContent",
                 };
@@ -122,7 +124,7 @@ impl Remote {
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let uri = self.uri(&request)?;
-        let mut headers = forwardable_request_headers(request.client_headers);
+        let mut headers = forwardable_request_headers(request.client_headers, self.wire);
         for (name, value) in &self.extra_headers {
             headers.insert(name.clone(), value.clone());
         }
@@ -214,6 +216,7 @@ struct EndpointUrls {
     completions: Uri,
     embeddings: Uri,
     messages: Uri,
+    count_tokens: Uri,
 }
 
 impl EndpointUrls {
@@ -228,6 +231,7 @@ impl EndpointUrls {
             completions: parse("/completions")?,
             embeddings: parse("/embeddings")?,
             messages: parse("/v1/messages")?,
+            count_tokens: parse("/v1/messages/count_tokens")?,
         })
     }
 }

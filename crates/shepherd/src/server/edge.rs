@@ -41,7 +41,7 @@ pub async fn edge(
         .map(|info| info.0.ip());
     let path = request.uri().path();
     let logged = !QUIET_ROUTES.contains(&path);
-    let protocol = ClientProtocol::of_path(path);
+    let protocol = ClientProtocol::of_request(path, request.headers());
     let ctx = Arc::new(RequestContext::new(
         request_id,
         client_ip,

@@ -24,7 +24,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::api::errors::ApiError;
-use crate::api::{anthropic, health, openai};
+use crate::api::{anthropic, count_tokens, health, models, openai};
 use crate::config::{Config, CorsConfig};
 use crate::state::AppState;
 
@@ -50,8 +50,13 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
-        .route("/v1/models", get(openai::models))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{*id}", get(models::retrieve))
         .route("/v1/messages", post(anthropic::messages))
+        .route(
+            "/v1/messages/count_tokens",
+            post(count_tokens::count_tokens),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(admin)
@@ -95,6 +100,7 @@ fn cors_layer(config: &CorsConfig) -> CorsLayer {
             crate::api::ATTEMPTS_HEADER,
             crate::api::FALLBACK_HEADER,
             crate::api::CANARY_HEADER,
+            crate::api::DROPPED_HEADER,
             HeaderName::from_static("x-upstream-request-id"),
         ])
         .max_age(config.max_age);

@@ -25,6 +25,8 @@ pub struct StoredKey {
     pub budget_period: Option<String>,
     pub expires_at: Option<i64>,
     pub metadata: Value,
+    /// The model used when a request names none.
+    pub default_model: Option<String>,
     pub enabled: bool,
     pub created_at: i64,
     pub updated_at: i64,

@@ -14,7 +14,8 @@ use super::{
 use crate::config::Database;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &["CREATE TABLE keys (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE keys (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         secret_hash BLOB NOT NULL,
@@ -56,7 +57,9 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE keys (
         fallback INTEGER NOT NULL
     );
     CREATE INDEX usage_ts ON usage (ts_ms);
-    CREATE INDEX usage_key_ts ON usage (key_id, ts_ms);"];
+    CREATE INDEX usage_key_ts ON usage (key_id, ts_ms);",
+    "ALTER TABLE keys ADD COLUMN default_model TEXT;",
+];
 
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -140,8 +143,9 @@ impl KeyStore for SqliteStore {
             .execute(
                 "INSERT OR REPLACE INTO keys (id, name, secret_hash, previous_hash, previous_until,
                     models, rpm, tpm, concurrency, budget_nano_usd, budget_period, expires_at,
-                    metadata, enabled, created_at, updated_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                    metadata, enabled, created_at, updated_at, revoked_at, default_model)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                    ?18)",
                 params![
                     key.id,
                     key.name,
@@ -160,6 +164,7 @@ impl KeyStore for SqliteStore {
                     key.created_at,
                     key.updated_at,
                     key.revoked_at,
+                    key.default_model,
                 ],
             )
             .map_err(db)?;
@@ -172,7 +177,7 @@ impl KeyStore for SqliteStore {
             .prepare(
                 "SELECT id, name, secret_hash, previous_hash, previous_until, models, rpm, tpm,
                     concurrency, budget_nano_usd, budget_period, expires_at, metadata, enabled,
-                    created_at, updated_at, revoked_at
+                    created_at, updated_at, revoked_at, default_model
                  FROM keys ORDER BY created_at, id",
             )
             .map_err(db)?;
@@ -198,6 +203,7 @@ impl KeyStore for SqliteStore {
                     created_at: row.get(14)?,
                     updated_at: row.get(15)?,
                     revoked_at: row.get(16)?,
+                    default_model: row.get(17)?,
                 })
             })
             .map_err(db)?;
@@ -392,6 +398,7 @@ mod tests {
             budget_period: Some("month".into()),
             expires_at: None,
             metadata: serde_json::json!({"team": "search"}),
+            default_model: Some("gpt-4.1".into()),
             enabled: true,
             created_at: 1,
             updated_at: 1,

@@ -38,6 +38,9 @@ pub struct AccessRecord<'a> {
     pub route: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<&'a str>,
+    /// The request named no model; `model` is the key's or route's default.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub default_model: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deployment: Option<&'a str>,
     pub status: u16,

@@ -30,6 +30,8 @@ pub struct Request {
     /// An end-user id for the provider's abuse monitoring.
     pub user: Option<String>,
     pub stream: bool,
+    /// The client marked parts for Anthropic's prompt cache (`cache_control`).
+    pub cache_control: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +92,8 @@ pub struct Tool {
     pub description: Option<String>,
     /// JSON Schema of the arguments (always an object schema).
     pub parameters: Value,
+    /// Arguments must follow the schema exactly (OpenAI and Anthropic structured outputs).
+    pub strict: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,24 +154,29 @@ pub enum Finish {
 pub struct Response {
     pub id: Option<String>,
     pub model: Option<String>,
-    /// Text, tool calls and thinking, in order.
+    /// Text, tool calls and thinking, in order (of the first choice).
     pub parts: Vec<Part>,
     pub finish: Finish,
     /// The stop sequence that ended the answer, when the upstream says.
     pub stop_sequence: Option<String>,
+    /// The choices after the first, when several were asked for (OpenAI `n`, Gemini's
+    /// `candidateCount`): choice 1, 2, …
+    pub alternatives: Vec<Choice>,
     pub usage: Option<Usage>,
 }
 
+/// One more choice of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    pub parts: Vec<Part>,
+    pub finish: Finish,
+    pub stop_sequence: Option<String>,
+}
+
 impl Response {
-    /// The text parts joined.
+    /// The text parts joined (of the first choice).
     pub fn text(&self) -> String {
-        self.parts
-            .iter()
-            .filter_map(|part| match part {
-                Part::Text(text) => Some(text.as_str()),
-                _ => None,
-            })
-            .collect()
+        text_of(&self.parts)
     }
 
     pub fn tool_calls(&self) -> impl Iterator<Item = &ToolCall> {
@@ -175,6 +184,55 @@ impl Response {
             Part::ToolCall(call) => Some(call),
             _ => None,
         })
+    }
+
+    /// Every choice, the first one included, in order.
+    pub fn choices(&self) -> impl Iterator<Item = ChoiceRef<'_>> {
+        std::iter::once(ChoiceRef {
+            parts: &self.parts,
+            finish: self.finish,
+            stop_sequence: self.stop_sequence.as_deref(),
+        })
+        .chain(self.alternatives.iter().map(|choice| ChoiceRef {
+            parts: &choice.parts,
+            finish: choice.finish,
+            stop_sequence: choice.stop_sequence.as_deref(),
+        }))
+    }
+}
+
+/// A view of one choice of an answer.
+#[derive(Debug, Clone, Copy)]
+pub struct ChoiceRef<'a> {
+    pub parts: &'a [Part],
+    pub finish: Finish,
+    pub stop_sequence: Option<&'a str>,
+}
+
+impl ChoiceRef<'_> {
+    /// The text parts joined.
+    pub fn text(&self) -> String {
+        text_of(self.parts)
+    }
+}
+
+/// The text parts of `parts` joined.
+pub fn text_of(parts: &[Part]) -> String {
+    parts
+        .iter()
+        .filter_map(|part| match part {
+            Part::Text(text) => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The finish a choice with tool calls really had: some upstreams say `stop` (or `end_turn`)
+/// after calling tools, which would end a client's agent loop.
+pub fn finish_with_calls(finish: Finish, has_calls: bool) -> Finish {
+    match finish {
+        Finish::Stop if has_calls => Finish::ToolCalls,
+        other => other,
     }
 }
 
@@ -186,9 +244,12 @@ pub enum Event {
         id: Option<String>,
         model: Option<String>,
     },
+    /// The events that follow belong to this choice (0 until said otherwise; only answers with
+    /// several choices say it).
+    Choice(usize),
     Text(String),
     Thinking(String),
-    /// A tool call began; `index` counts tool calls from 0 in the order they began.
+    /// A tool call began; `index` counts the choice's tool calls from 0 in the order they began.
     ToolStart {
         index: usize,
         id: String,

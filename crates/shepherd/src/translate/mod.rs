@@ -7,10 +7,12 @@
 
 pub mod anthropic;
 pub mod errors;
+pub mod fields;
 pub mod gemini;
 pub mod ir;
 pub mod openai;
 pub mod stream;
+pub mod tokens;
 
 use serde::de::DeserializeOwned;
 

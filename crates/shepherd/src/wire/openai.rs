@@ -104,6 +104,23 @@ impl RequestHead {
         })
     }
 
+    /// The body of a request that named no model, with `"model": <model>` added first.
+    pub fn with_model(body: &Bytes, model: &str) -> Bytes {
+        let open = body.iter().position(|b| *b == b'{').map_or(0, |at| at + 1);
+        let rest = &body[open..];
+        let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+        let quoted = serde_json::Value::from(model).to_string();
+        let mut out = BytesMut::with_capacity(body.len() + quoted.len() + 10);
+        out.extend_from_slice(&body[..open]);
+        out.extend_from_slice(b"\"model\":");
+        out.extend_from_slice(quoted.as_bytes());
+        if !empty {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(rest);
+        out.freeze()
+    }
+
     /// The body with `model` replaced by `upstream_model` and, with `ask_usage` on a stream
     /// whose client did not ask, `stream_options.include_usage` set; the same bytes when nothing
     /// changes.

@@ -3,6 +3,7 @@
 //! results first in their turn, temperature clamped to Anthropic's range).
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 
 use crate::translate::ir::{
@@ -16,7 +17,7 @@ struct MessagesRequest {
     model: String,
     messages: Vec<AnthropicMessage>,
     system: Option<System>,
-    max_tokens: u64,
+    max_tokens: Option<u64>,
     stop_sequences: Option<Vec<String>>,
     temperature: Option<f64>,
     top_p: Option<f64>,
@@ -32,6 +33,8 @@ struct MessagesRequest {
 #[derive(Deserialize)]
 struct OutputConfig {
     format: Option<OutputFormat>,
+    /// `low` … `max`, with adaptive thinking.
+    effort: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +53,7 @@ enum System {
 #[derive(Deserialize)]
 struct TextBlock {
     text: String,
+    cache_control: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -77,22 +81,27 @@ enum Content {
 enum Block {
     Text {
         text: String,
+        cache_control: Option<IgnoredAny>,
     },
     Image {
         source: Source,
+        cache_control: Option<IgnoredAny>,
     },
     Document {
         source: Source,
+        cache_control: Option<IgnoredAny>,
     },
     ToolUse {
         id: String,
         name: String,
         input: Value,
+        cache_control: Option<IgnoredAny>,
     },
     ToolResult {
         tool_use_id: String,
         content: Option<Content>,
         is_error: Option<bool>,
+        cache_control: Option<IgnoredAny>,
     },
     Thinking {
         thinking: String,
@@ -117,6 +126,8 @@ struct AnthropicTool {
     name: String,
     description: Option<String>,
     input_schema: Option<Value>,
+    strict: Option<bool>,
+    cache_control: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -150,10 +161,25 @@ enum Thinking {
 
 /// Decodes a client's Messages body.
 pub fn decode(body: &[u8]) -> Result<Request, TranslateError> {
+    let request = decode_count(body)?;
+    if request.max_tokens.is_none() {
+        return Err(TranslateError::field(
+            "max_tokens",
+            "missing field `max_tokens`",
+        ));
+    }
+    Ok(request)
+}
+
+/// Decodes the body of a `count_tokens` request (a Messages body without `max_tokens`).
+pub fn decode_count(body: &[u8]) -> Result<Request, TranslateError> {
     let raw: MessagesRequest = crate::translate::parse_body(body)?;
+    let (format, effort) = raw
+        .output_config
+        .map_or((None, None), |config| (config.format, config.effort));
     let mut request = Request {
         model: raw.model,
-        max_tokens: Some(raw.max_tokens),
+        max_tokens: raw.max_tokens,
         stop: raw.stop_sequences.unwrap_or_default(),
         temperature: raw.temperature,
         top_p: raw.top_p,
@@ -163,24 +189,27 @@ pub fn decode(body: &[u8]) -> Result<Request, TranslateError> {
         reasoning: raw.thinking.map(|thinking| match thinking {
             Thinking::Enabled { budget_tokens } => Reasoning::Budget(budget_tokens),
             Thinking::Disabled => Reasoning::Disabled,
-            Thinking::Adaptive => Reasoning::Effort("medium".to_owned()),
+            Thinking::Adaptive => Reasoning::Effort(effort.unwrap_or_else(|| "medium".to_owned())),
         }),
-        response_format: raw.output_config.and_then(|config| config.format).map(
-            |OutputFormat::JsonSchema { schema }| ResponseFormat::JsonSchema {
+        response_format: format.map(|OutputFormat::JsonSchema { schema }| {
+            ResponseFormat::JsonSchema {
                 name: "response".to_owned(),
                 schema,
-            },
-        ),
-        system: raw.system.map(|system| match system {
-            System::Text(text) => text,
-            System::Blocks(blocks) => blocks
-                .into_iter()
-                .map(|b| b.text)
-                .collect::<Vec<_>>()
-                .join("\n\n"),
+            }
         }),
         ..Request::default()
     };
+    request.system = raw.system.map(|system| match system {
+        System::Text(text) => text,
+        System::Blocks(blocks) => {
+            request.cache_control |= blocks.iter().any(|b| b.cache_control.is_some());
+            blocks
+                .into_iter()
+                .map(|b| b.text)
+                .collect::<Vec<_>>()
+                .join("\n\n")
+        }
+    });
     for (n, tool) in raw.tools.unwrap_or_default().into_iter().enumerate() {
         if tool.kind.as_deref().is_some_and(|kind| kind != "custom") {
             return Err(TranslateError::field(
@@ -188,12 +217,14 @@ pub fn decode(body: &[u8]) -> Result<Request, TranslateError> {
                 "server tools run only on Anthropic upstreams; this model is served by another provider",
             ));
         }
+        request.cache_control |= tool.cache_control.is_some();
         request.tools.push(Tool {
             name: tool.name,
             description: tool.description,
             parameters: tool
                 .input_schema
                 .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            strict: tool.strict == Some(true),
         });
     }
     if let Some(choice) = raw.tool_choice {
@@ -220,7 +251,7 @@ pub fn decode(body: &[u8]) -> Result<Request, TranslateError> {
             AnthropicRole::User => Role::User,
             AnthropicRole::Assistant => Role::Assistant,
         };
-        let parts = content_parts(message.content);
+        let parts = content_parts(message.content, &mut request.cache_control);
         if parts.is_empty() {
             continue;
         }
@@ -232,34 +263,73 @@ pub fn decode(body: &[u8]) -> Result<Request, TranslateError> {
     Ok(request)
 }
 
-fn content_parts(content: Content) -> Vec<Part> {
+/// The parts of a message's content; `marked` is set when a block carries `cache_control`.
+fn content_parts(content: Content, marked: &mut bool) -> Vec<Part> {
     match content {
         Content::Text(text) if text.is_empty() => Vec::new(),
         Content::Text(text) => vec![Part::Text(text)],
-        Content::Blocks(blocks) => blocks.into_iter().filter_map(block_part).collect(),
+        Content::Blocks(blocks) => blocks
+            .into_iter()
+            .filter_map(|block| block_part(block, marked))
+            .collect(),
     }
 }
 
-fn block_part(block: Block) -> Option<Part> {
+fn block_part(block: Block, marked: &mut bool) -> Option<Part> {
+    let mut mark = |cache_control: &Option<IgnoredAny>| *marked |= cache_control.is_some();
     Some(match block {
-        Block::Text { text } if text.is_empty() => return None,
-        Block::Text { text } => Part::Text(text),
-        Block::Image { source } => Part::Image(media(source)),
-        Block::Document { source } => Part::Document(media(source)),
-        Block::ToolUse { id, name, input } => Part::ToolCall(ToolCall {
+        Block::Text {
+            text,
+            cache_control,
+        } => {
+            mark(&cache_control);
+            if text.is_empty() {
+                return None;
+            }
+            Part::Text(text)
+        }
+        Block::Image {
+            source,
+            cache_control,
+        } => {
+            mark(&cache_control);
+            Part::Image(media(source))
+        }
+        Block::Document {
+            source,
+            cache_control,
+        } => {
+            mark(&cache_control);
+            Part::Document(media(source))
+        }
+        Block::ToolUse {
             id,
             name,
-            arguments: input.to_string(),
-        }),
+            input,
+            cache_control,
+        } => {
+            mark(&cache_control);
+            Part::ToolCall(ToolCall {
+                id,
+                name,
+                arguments: input.to_string(),
+            })
+        }
         Block::ToolResult {
             tool_use_id,
             content,
             is_error,
-        } => Part::ToolResult(ToolResult {
-            call_id: tool_use_id,
-            content: content.map(content_parts).unwrap_or_default(),
-            is_error: is_error.unwrap_or(false),
-        }),
+            cache_control,
+        } => {
+            mark(&cache_control);
+            Part::ToolResult(ToolResult {
+                call_id: tool_use_id,
+                content: content
+                    .map(|content| content_parts(content, marked))
+                    .unwrap_or_default(),
+                is_error: is_error.unwrap_or(false),
+            })
+        }
         Block::Thinking {
             thinking,
             signature,
@@ -357,6 +427,9 @@ pub fn encode(request: &Request, default_max_tokens: u64) -> Result<Value, Trans
                 let mut encoded = json!({"name": tool.name, "input_schema": tool.parameters});
                 if let Some(description) = &tool.description {
                     encoded["description"] = json!(description);
+                }
+                if tool.strict {
+                    encoded["strict"] = json!(true);
                 }
                 encoded
             })

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::translate::arguments_object;
-use crate::translate::ir::{Finish, Part, Response, ToolCall, Usage};
+use crate::translate::ir::{Finish, Part, Response, ToolCall, Usage, finish_with_calls};
 
 pub fn finish_of(stop_reason: &str) -> Finish {
     match stop_reason {
@@ -86,12 +86,15 @@ pub fn decode(body: &Value) -> Result<Response, String> {
             _ => {}
         }
     }
+    let has_calls = parts.iter().any(|part| matches!(part, Part::ToolCall(_)));
+    let finish = finish_of(body["stop_reason"].as_str().unwrap_or("end_turn"));
     Ok(Response {
         id: body["id"].as_str().map(str::to_owned),
         model: body["model"].as_str().map(str::to_owned),
         parts,
-        finish: finish_of(body["stop_reason"].as_str().unwrap_or("end_turn")),
+        finish: finish_with_calls(finish, has_calls),
         stop_sequence: body["stop_sequence"].as_str().map(str::to_owned),
+        alternatives: Vec::new(),
         usage: body
             .get("usage")
             .filter(|u| u.is_object())
@@ -216,6 +219,7 @@ mod tests {
             ],
             finish: Finish::ToolCalls,
             stop_sequence: None,
+            alternatives: Vec::new(),
             usage: None,
         };
         let usage = Usage {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::response::{finish_of, stop_reason, usage_json, usage_of};
 use crate::api::errors::{ApiError, ClientProtocol};
 use crate::translate::errors::from_anthropic;
-use crate::translate::ir::{Event, Finish, Usage};
+use crate::translate::ir::{Event, Finish, Usage, finish_with_calls};
 use crate::translate::stream::{DecodeError, Decoder, Encoder, SseEvent, write_named};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +137,7 @@ impl Decoder for MessagesDecoder {
                 }
                 if let Some(reason) = data["delta"]["stop_reason"].as_str() {
                     out.push(Event::Finish {
-                        reason: finish_of(reason),
+                        reason: finish_with_calls(finish_of(reason), self.next_tool > 0),
                         stop_sequence: data["delta"]["stop_sequence"].as_str().map(str::to_owned),
                     });
                 }
@@ -175,6 +175,8 @@ pub struct MessagesEncoder {
     finish: Option<(Finish, Option<String>)>,
     usage: Option<Usage>,
     chars: usize,
+    /// The choice the events are for (only the first is shown).
+    choice: usize,
 }
 
 impl MessagesEncoder {
@@ -189,6 +191,7 @@ impl MessagesEncoder {
             finish: None,
             usage: None,
             chars: 0,
+            choice: 0,
         }
     }
 
@@ -245,8 +248,17 @@ impl MessagesEncoder {
 impl Encoder for MessagesEncoder {
     fn encode(&mut self, event: Event, out: &mut BytesMut) {
         self.start(out);
+        if let Event::Choice(index) = event {
+            self.choice = index;
+            return;
+        }
+        // Anthropic answers have one choice: later ones (never asked for by an Anthropic
+        // client) are not shown.
+        if self.choice != 0 && !matches!(event, Event::Usage(_)) {
+            return;
+        }
         match event {
-            Event::Start { .. } => {}
+            Event::Start { .. } | Event::Choice(_) => {}
             Event::Text(text) => {
                 self.chars += text.len();
                 let index = match self.open {
@@ -293,6 +305,7 @@ impl Encoder for MessagesEncoder {
                 stop_sequence,
             } => {
                 self.close(out);
+                let reason = finish_with_calls(reason, !self.tool_blocks.is_empty());
                 self.finish = Some((reason, stop_sequence));
             }
             Event::Usage(usage) => self.usage = Some(usage),
@@ -326,7 +339,6 @@ impl Encoder for MessagesEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::borrow::Cow;
 
     fn decode_all(decoder: &mut MessagesDecoder, events: &[Value]) -> Vec<Event> {
         let mut out = Vec::new();
@@ -334,13 +346,7 @@ mod tests {
             let data = event.to_string();
             let name = event["type"].as_str();
             decoder
-                .decode(
-                    SseEvent {
-                        name,
-                        data: Cow::Borrowed(&data),
-                    },
-                    &mut out,
-                )
+                .decode(SseEvent::new(name, &data), &mut out)
                 .unwrap();
         }
         out
@@ -422,13 +428,7 @@ mod tests {
     fn error_event_is_a_failure() {
         let mut decoder = MessagesDecoder::default();
         let data = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}).to_string();
-        let result = decoder.decode(
-            SseEvent {
-                name: Some("error"),
-                data: Cow::Borrowed(&data),
-            },
-            &mut Vec::new(),
-        );
+        let result = decoder.decode(SseEvent::new(Some("error"), &data), &mut Vec::new());
         assert!(matches!(result, Err(DecodeError::Upstream(f)) if f.message == "Overloaded"));
     }
 

@@ -157,6 +157,12 @@ fn encode_parts(
                 parts.push(json!({"functionResponse": {
                     "name": name, "id": result.call_id, "response": {key: value},
                 }}));
+                // Images and documents the tool returned go beside its response.
+                for media in &result.content {
+                    if let Part::Image(media) | Part::Document(media) = media {
+                        parts.push(media_part(media));
+                    }
+                }
             }
             // Thinking from another provider cannot be replayed to Gemini.
             Part::Thinking { .. } | Part::RedactedThinking(_) => {}
@@ -285,6 +291,7 @@ mod tests {
                 name: "look".into(),
                 description: Some("Looks".into()),
                 parameters: json!({"type": "object"}),
+                strict: false,
             }],
             tool_choice: Some(ToolChoice::Named("look".into())),
             max_tokens: Some(64),

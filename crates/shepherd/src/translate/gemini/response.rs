@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::translate::ir::{Finish, Part, Response, ToolCall, Usage};
+use crate::translate::ir::{Choice, Finish, Part, Response, ToolCall, Usage};
 
 pub fn finish_of(reason: &str, has_calls: bool) -> Finish {
     match reason {
@@ -75,12 +75,17 @@ pub fn parts_of(content: &Value) -> Vec<Part> {
     parts
 }
 
-/// Decodes a `GenerateContentResponse` (the first candidate).
+/// Decodes a `GenerateContentResponse`: every candidate, in the order of its `index`.
 pub fn decode(body: &Value) -> Result<Response, String> {
     let usage = usage_of(&body["usageMetadata"]);
     let id = body["responseId"].as_str().map(str::to_owned);
     let model = body["modelVersion"].as_str().map(str::to_owned);
-    let Some(candidate) = body["candidates"].get(0) else {
+    let mut candidates: Vec<&Value> = body["candidates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    if candidates.is_empty() {
         if body["promptFeedback"]["blockReason"].is_string() {
             return Ok(Response {
                 id,
@@ -88,22 +93,33 @@ pub fn decode(body: &Value) -> Result<Response, String> {
                 parts: Vec::new(),
                 finish: Finish::ContentFilter,
                 stop_sequence: None,
+                alternatives: Vec::new(),
                 usage,
             });
         }
         return Err("the answer has no candidates".to_owned());
-    };
-    let parts = parts_of(&candidate["content"]);
-    let has_calls = parts.iter().any(|p| matches!(p, Part::ToolCall(_)));
+    }
+    candidates.sort_by_key(|candidate| candidate["index"].as_u64().unwrap_or(0));
+    let mut choices = candidates.into_iter().map(|candidate| {
+        let parts = parts_of(&candidate["content"]);
+        let has_calls = parts.iter().any(|p| matches!(p, Part::ToolCall(_)));
+        Choice {
+            finish: finish_of(
+                candidate["finishReason"].as_str().unwrap_or("STOP"),
+                has_calls,
+            ),
+            parts,
+            stop_sequence: None,
+        }
+    });
+    let first = choices.next().ok_or("the answer has no candidates")?;
     Ok(Response {
         id,
         model,
-        parts,
-        finish: finish_of(
-            candidate["finishReason"].as_str().unwrap_or("STOP"),
-            has_calls,
-        ),
+        parts: first.parts,
+        finish: first.finish,
         stop_sequence: None,
+        alternatives: choices.collect(),
         usage,
     })
 }

@@ -9,11 +9,16 @@ use crate::translate::errors::from_gemini;
 use crate::translate::ir::{Event, Finish};
 use crate::translate::stream::{DecodeError, Decoder, SseEvent};
 
+/// The most candidates a stream may carry (Gemini allows up to 8).
+const MAX_CANDIDATES: usize = 64;
+
 #[derive(Debug, Default)]
 pub struct GenerateDecoder {
     started: bool,
-    finished: bool,
-    calls: usize,
+    /// The choice the last events were for.
+    current: usize,
+    /// Per candidate: tool calls begun so far, and whether it finished.
+    candidates: Vec<(usize, bool)>,
 }
 
 impl Decoder for GenerateDecoder {
@@ -30,17 +35,65 @@ impl Decoder for GenerateDecoder {
                 model: chunk["modelVersion"].as_str().map(str::to_owned),
             });
         }
-        let candidate = &chunk["candidates"][0];
+        let candidates = chunk["candidates"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice);
+        for (position, candidate) in candidates.iter().enumerate() {
+            let index = candidate["index"]
+                .as_u64()
+                .and_then(|i| usize::try_from(i).ok())
+                .unwrap_or(position);
+            if index >= MAX_CANDIDATES {
+                return Err(DecodeError::Malformed(format!(
+                    "candidate index {index} is out of range"
+                )));
+            }
+            if self.candidates.len() <= index {
+                self.candidates.resize(index + 1, (0, false));
+            }
+            if index != self.current {
+                self.current = index;
+                out.push(Event::Choice(index));
+            }
+            self.candidate(index, candidate, out);
+        }
+        if candidates.is_empty() && chunk["promptFeedback"]["blockReason"].is_string() {
+            if self.candidates.is_empty() {
+                self.candidates.push((0, false));
+            }
+            if !self.candidates[0].1 {
+                self.candidates[0].1 = true;
+                out.push(Event::Finish {
+                    reason: Finish::ContentFilter,
+                    stop_sequence: None,
+                });
+            }
+        }
+        if let Some(usage) = usage_of(&chunk["usageMetadata"]) {
+            out.push(Event::Usage(usage));
+        }
+        Ok(())
+    }
+
+    fn complete(&self) -> bool {
+        !self.candidates.is_empty() && self.candidates.iter().all(|(_, finished)| *finished)
+    }
+}
+
+impl GenerateDecoder {
+    /// The events of one candidate's part of a chunk.
+    fn candidate(&mut self, index: usize, candidate: &Value, out: &mut Vec<Event>) {
+        let (calls, finished) = &mut self.candidates[index];
         for part in candidate["content"]["parts"]
             .as_array()
             .into_iter()
             .flatten()
         {
             if let Some(call) = part.get("functionCall") {
-                let index = self.calls;
-                self.calls += 1;
+                let tool = *calls;
+                *calls += 1;
                 out.push(Event::ToolStart {
-                    index,
+                    index: tool,
                     id: call["id"]
                         .as_str()
                         .filter(|id| !id.is_empty())
@@ -53,7 +106,7 @@ impl Decoder for GenerateDecoder {
                     "{}".to_owned()
                 };
                 out.push(Event::ToolArgs {
-                    index,
+                    index: tool,
                     fragment: args,
                 });
             } else if let Some(text) = part["text"].as_str().filter(|t| !t.is_empty()) {
@@ -64,30 +117,15 @@ impl Decoder for GenerateDecoder {
                 }
             }
         }
-        if !self.finished {
-            let reason = match candidate["finishReason"].as_str() {
-                Some(reason) => Some(finish_of(reason, self.calls > 0)),
-                None if chunk["promptFeedback"]["blockReason"].is_string() => {
-                    Some(Finish::ContentFilter)
-                }
-                None => None,
-            };
-            if let Some(reason) = reason {
-                self.finished = true;
+        if !*finished {
+            if let Some(reason) = candidate["finishReason"].as_str() {
+                *finished = true;
                 out.push(Event::Finish {
-                    reason,
+                    reason: finish_of(reason, *calls > 0),
                     stop_sequence: None,
                 });
             }
         }
-        if let Some(usage) = usage_of(&chunk["usageMetadata"]) {
-            out.push(Event::Usage(usage));
-        }
-        Ok(())
-    }
-
-    fn complete(&self) -> bool {
-        self.finished
     }
 }
 
@@ -96,18 +134,11 @@ mod tests {
     use super::*;
     use crate::translate::ir::Usage;
     use serde_json::json;
-    use std::borrow::Cow;
 
     fn decode(decoder: &mut GenerateDecoder, chunk: Value) -> Result<Vec<Event>, DecodeError> {
         let data = chunk.to_string();
         let mut out = Vec::new();
-        decoder.decode(
-            SseEvent {
-                name: None,
-                data: Cow::Borrowed(&data),
-            },
-            &mut out,
-        )?;
+        decoder.decode(SseEvent::new(None, &data), &mut out)?;
         Ok(out)
     }
 
@@ -158,6 +189,52 @@ mod tests {
             ]
         );
         assert!(decoder.complete());
+    }
+
+    #[test]
+    fn several_candidates_are_several_choices() {
+        let mut decoder = GenerateDecoder::default();
+        let first = decode(
+            &mut decoder,
+            json!({"candidates": [
+                {"index": 0, "content": {"parts": [{"text": "A"}]}},
+                {"index": 1, "content": {"parts": [{"functionCall": {"name": "f", "args": {}}}]}}]}),
+        )
+        .unwrap();
+        assert!(
+            matches!(&first[..], [Event::Start { .. }, Event::Text(a), Event::Choice(1),
+            Event::ToolStart { index: 0, .. }, Event::ToolArgs { index: 0, .. }] if a == "A")
+        );
+        let last = decode(
+            &mut decoder,
+            json!({"candidates": [
+                {"index": 0, "content": {"parts": [{"text": "B"}]}, "finishReason": "STOP"},
+                {"index": 1, "content": {"parts": []}, "finishReason": "STOP"}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            last,
+            vec![
+                Event::Choice(0),
+                Event::Text("B".into()),
+                Event::Finish {
+                    reason: Finish::Stop,
+                    stop_sequence: None
+                },
+                Event::Choice(1),
+                Event::Finish {
+                    reason: Finish::ToolCalls,
+                    stop_sequence: None
+                },
+            ]
+        );
+        assert!(decoder.complete());
+        let mut hostile = GenerateDecoder::default();
+        let far = decode(
+            &mut hostile,
+            json!({"candidates": [{"index": 1_000_000_000u64, "content": {"parts": []}}]}),
+        );
+        assert!(matches!(far, Err(DecodeError::Malformed(_))));
     }
 
     #[test]

@@ -28,7 +28,17 @@ pub fn encode_chat(request: &Request) -> Value {
             body.insert(name.to_owned(), value);
         }
     };
-    put("max_tokens", json!(request.max_tokens));
+    // Reasoning models refuse `max_tokens`; plain compatible servers often read only it.
+    let reasoning = request
+        .reasoning
+        .as_ref()
+        .is_some_and(|reasoning| *reasoning != Reasoning::Disabled);
+    let max_name = if reasoning {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    put(max_name, json!(request.max_tokens));
     put("temperature", json!(request.temperature));
     put("top_p", json!(request.top_p));
     if !request.stop.is_empty() {
@@ -48,6 +58,9 @@ pub fn encode_chat(request: &Request) -> Value {
                 let mut function = json!({"name": tool.name, "parameters": tool.parameters});
                 if let Some(description) = &tool.description {
                     function["description"] = json!(description);
+                }
+                if tool.strict {
+                    function["strict"] = json!(true);
                 }
                 json!({"type": "function", "function": function})
             })
@@ -122,15 +135,32 @@ fn encode_message(message: &Message, out: &mut Vec<Value>) {
             out.push(encoded);
         }
         Role::User => {
-            // Tool results become `tool` messages, before the rest of the turn.
+            // Tool results become `tool` messages, before the rest of the turn. OpenAI tool
+            // messages carry text only: images and documents a tool returned (Claude Code's
+            // screenshots) follow in the user message, after all the tool messages.
             let mut rest = Vec::new();
             for part in &message.parts {
                 match part {
-                    Part::ToolResult(result) => out.push(json!({
-                        "role": "tool",
-                        "tool_call_id": result.call_id,
-                        "content": result_text(result),
-                    })),
+                    Part::ToolResult(result) => {
+                        let media: Vec<&Part> = result
+                            .content
+                            .iter()
+                            .filter(|p| matches!(p, Part::Image(_) | Part::Document(_)))
+                            .collect();
+                        let mut text = result_text(result);
+                        if text.is_empty() && !media.is_empty() {
+                            text = format!(
+                                "[the tool returned {} attachment(s), in the next message]",
+                                media.len()
+                            );
+                        }
+                        out.push(json!({
+                            "role": "tool",
+                            "tool_call_id": result.call_id,
+                            "content": text,
+                        }));
+                        rest.extend(media);
+                    }
                     other => rest.push(other),
                 }
             }
@@ -227,6 +257,16 @@ mod tests {
             json!({"role": "tool", "tool_call_id": "c1", "content": "done"})
         );
         assert_eq!(encoded["tool_choice"], "required");
+        assert!(encoded.get("max_completion_tokens").is_none());
+        let thinking = Request {
+            max_tokens: Some(500),
+            reasoning: Some(Reasoning::Budget(4000)),
+            ..Request::default()
+        };
+        let encoded_thinking = encode_chat(&thinking);
+        assert_eq!(encoded_thinking["max_completion_tokens"], 500);
+        assert_eq!(encoded_thinking["reasoning_effort"], "medium");
+        assert!(encoded_thinking.get("max_tokens").is_none());
         assert_eq!(encoded["stream_options"]["include_usage"], true);
         assert_eq!(
             decode_chat(encoded.to_string().as_bytes()).unwrap(),

@@ -122,6 +122,7 @@ struct ChatFunction {
     name: String,
     description: Option<String>,
     parameters: Option<Value>,
+    strict: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -185,6 +186,7 @@ pub fn decode_chat(body: &[u8]) -> Result<Request, TranslateError> {
             name: function.name,
             description: function.description,
             parameters: object_schema(function.parameters),
+            strict: function.strict == Some(true),
         })
         .collect();
     request.tool_choice = match raw.tool_choice {

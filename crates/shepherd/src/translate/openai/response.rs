@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::translate::ir::{Finish, Part, Response, ToolCall, Usage};
+use crate::translate::ir::{Choice, Finish, Part, Response, ToolCall, Usage, finish_with_calls};
 
 /// What every encoded answer shares: its id, the model shown and the creation time.
 #[derive(Debug, Clone)]
@@ -54,11 +54,24 @@ pub fn usage_json(usage: &Usage) -> Value {
     })
 }
 
-/// Decodes an OpenAI-compatible chat completion, or a legacy text completion (the first choice).
+/// Decodes an OpenAI-compatible chat completion, or a legacy text completion (every choice).
 pub fn decode_chat(body: &Value) -> Result<Response, String> {
-    let choice = body["choices"]
-        .get(0)
-        .ok_or("the answer has no `choices[0]`")?;
+    let choices = body["choices"].as_array().filter(|c| !c.is_empty());
+    let choices = choices.ok_or("the answer has no `choices[0]`")?;
+    let mut decoded = choices.iter().map(decode_choice);
+    let first = decoded.next().ok_or("the answer has no `choices[0]`")?;
+    Ok(Response {
+        id: body["id"].as_str().map(str::to_owned),
+        model: body["model"].as_str().map(str::to_owned),
+        parts: first.parts,
+        finish: first.finish,
+        stop_sequence: None,
+        alternatives: decoded.collect(),
+        usage: usage_of(&body["usage"]),
+    })
+}
+
+fn decode_choice(choice: &Value) -> Choice {
     let message = &choice["message"];
     let mut parts = Vec::new();
     if let Some(reasoning) = message["reasoning_content"]
@@ -103,63 +116,77 @@ pub fn decode_chat(body: &Value) -> Result<Response, String> {
             }));
         }
     }
+    let has_calls = parts.iter().any(|part| matches!(part, Part::ToolCall(_)));
     let finish = finish_of(choice["finish_reason"].as_str().unwrap_or("stop"));
-    Ok(Response {
-        id: body["id"].as_str().map(str::to_owned),
-        model: body["model"].as_str().map(str::to_owned),
+    Choice {
         parts,
-        finish,
+        finish: finish_with_calls(finish, has_calls),
         stop_sequence: None,
-        usage: usage_of(&body["usage"]),
-    })
+    }
 }
 
-/// Encodes a chat completion for an OpenAI client.
+/// Encodes a chat completion for an OpenAI client (every choice).
 pub fn encode_chat(response: &Response, envelope: &Envelope, usage: &Usage) -> Value {
-    let text = response.text();
-    let calls: Vec<Value> = response
-        .tool_calls()
-        .map(|call| {
-            json!({"id": call.id, "type": "function",
-                   "function": {"name": call.name, "arguments": call.arguments}})
+    let choices: Vec<Value> = response
+        .choices()
+        .enumerate()
+        .map(|(index, choice)| {
+            let text = choice.text();
+            let calls: Vec<Value> = choice
+                .parts
+                .iter()
+                .filter_map(|part| match part {
+                    Part::ToolCall(call) => Some(json!({"id": call.id, "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments}})),
+                    _ => None,
+                })
+                .collect();
+            let mut message = json!({
+                "role": "assistant",
+                "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) },
+                "refusal": null,
+            });
+            if !calls.is_empty() {
+                message["tool_calls"] = Value::Array(calls);
+            }
+            json!({
+                "index": index,
+                "message": message,
+                "logprobs": null,
+                "finish_reason": finish_name(choice.finish),
+            })
         })
         .collect();
-    let mut message = json!({
-        "role": "assistant",
-        "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) },
-        "refusal": null,
-    });
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
-    }
     json!({
         "id": envelope.id,
         "object": "chat.completion",
         "created": envelope.created,
         "model": envelope.model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_name(response.finish),
-        }],
+        "choices": choices,
         "usage": usage_json(usage),
     })
 }
 
-/// Encodes a legacy text completion for an OpenAI client.
+/// Encodes a legacy text completion for an OpenAI client (every choice).
 pub fn encode_completion(response: &Response, envelope: &Envelope, usage: &Usage) -> Value {
+    let choices: Vec<Value> = response
+        .choices()
+        .enumerate()
+        .map(|(index, choice)| {
+            json!({
+                "index": index,
+                "text": choice.text(),
+                "logprobs": null,
+                "finish_reason": finish_name(choice.finish),
+            })
+        })
+        .collect();
     json!({
         "id": envelope.id,
         "object": "text_completion",
         "created": envelope.created,
         "model": envelope.model,
-        "choices": [{
-            "index": 0,
-            "text": response.text(),
-            "logprobs": null,
-            "finish_reason": finish_name(response.finish),
-        }],
+        "choices": choices,
         "usage": usage_json(usage),
     })
 }
@@ -204,6 +231,7 @@ mod tests {
             })],
             finish: Finish::ToolCalls,
             stop_sequence: None,
+            alternatives: Vec::new(),
             usage: None,
         };
         let envelope = Envelope {

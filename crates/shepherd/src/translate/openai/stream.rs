@@ -7,43 +7,50 @@ use serde_json::{Value, json};
 use super::response::{Envelope, finish_name, finish_of, usage_json, usage_of};
 use crate::api::errors::{ApiError, ClientProtocol};
 use crate::translate::errors::from_openai;
-use crate::translate::ir::{Event, Usage};
+use crate::translate::ir::{Event, Usage, finish_with_calls};
 use crate::translate::stream::{DecodeError, Decoder, Encoder, SseEvent, write_data};
 
-/// Decodes `chat.completion.chunk` events (first choice) ending in `[DONE]`.
+/// The most choices a stream may carry (OpenAI allows `n` up to 128).
+const MAX_CHOICES: usize = 128;
+
+/// Decodes `chat.completion.chunk` events (every choice) ending in `[DONE]`.
 #[derive(Debug, Default)]
 pub struct ChatDecoder {
     started: bool,
     done: bool,
-    /// Per upstream tool index: the id of the call it holds and its canonical index.
-    tools: Vec<(u64, String, usize)>,
-    next_tool: usize,
+    /// The choice the last events were for.
+    current: usize,
+    /// Per choice: tool calls begun so far.
+    calls: Vec<usize>,
+    /// Per (choice, upstream tool index): the id of the call it holds and its canonical index.
+    tools: Vec<(usize, u64, String, usize)>,
 }
 
 impl ChatDecoder {
-    fn tool_index(&mut self, call: &Value, out: &mut Vec<Event>) -> usize {
+    fn tool_index(&mut self, choice: usize, call: &Value, out: &mut Vec<Event>) -> usize {
         let upstream_index = call["index"].as_u64().unwrap_or(0);
         let id = call["id"].as_str().filter(|id| !id.is_empty());
         let known = self
             .tools
             .iter()
-            .rposition(|(index, _, _)| *index == upstream_index);
+            .rposition(|(c, index, _, _)| *c == choice && *index == upstream_index);
         // A fragment with a new id starts a new call, even at a reused index (some compatible
         // servers number every call 0).
         let is_new = match (known, id) {
             (None, _) => true,
-            (Some(at), Some(id)) => self.tools[at].1 != id,
+            (Some(at), Some(id)) => self.tools[at].2 != id,
             (Some(_), None) => false,
         };
         if !is_new {
             if let Some(at) = known {
-                return self.tools[at].2;
+                return self.tools[at].3;
             }
         }
-        let ordinal = self.next_tool;
-        self.next_tool += 1;
+        let ordinal = self.calls[choice];
+        self.calls[choice] += 1;
         let id = id.map_or_else(|| format!("call_{ordinal}"), str::to_owned);
-        self.tools.push((upstream_index, id.clone(), ordinal));
+        self.tools
+            .push((choice, upstream_index, id.clone(), ordinal));
         out.push(Event::ToolStart {
             index: ordinal,
             id,
@@ -54,6 +61,44 @@ impl ChatDecoder {
         });
         ordinal
     }
+
+    fn choice(&mut self, index: usize, choice: &Value, out: &mut Vec<Event>) {
+        let delta = &choice["delta"];
+        if let Some(text) = delta["reasoning_content"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+        {
+            out.push(Event::Thinking(text.to_owned()));
+        }
+        if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+            out.push(Event::Text(text.to_owned()));
+        }
+        // A legacy completion chunk.
+        if let Some(text) = choice["text"].as_str().filter(|t| !t.is_empty()) {
+            out.push(Event::Text(text.to_owned()));
+        }
+        if let Some(text) = delta["refusal"].as_str().filter(|t| !t.is_empty()) {
+            out.push(Event::Text(text.to_owned()));
+        }
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            let tool = self.tool_index(index, call, out);
+            if let Some(fragment) = call["function"]["arguments"]
+                .as_str()
+                .filter(|f| !f.is_empty())
+            {
+                out.push(Event::ToolArgs {
+                    index: tool,
+                    fragment: fragment.to_owned(),
+                });
+            }
+        }
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            out.push(Event::Finish {
+                reason: finish_with_calls(finish_of(reason), self.calls[index] > 0),
+                stop_sequence: None,
+            });
+        }
+    }
 }
 
 impl Decoder for ChatDecoder {
@@ -63,9 +108,12 @@ impl Decoder for ChatDecoder {
             self.done = true;
             return Ok(());
         }
+        if data.is_empty() {
+            return Ok(());
+        }
         let chunk: Value = serde_json::from_str(data)
             .map_err(|error| DecodeError::Malformed(format!("a chunk is not JSON: {error}")))?;
-        if chunk.get("error").is_some_and(|e| !e.is_null()) {
+        if chunk.get("error").is_some_and(|e| !e.is_null()) || event.name == Some("error") {
             return Err(DecodeError::Upstream(from_openai(0, &chunk)));
         }
         if !self.started {
@@ -75,42 +123,25 @@ impl Decoder for ChatDecoder {
                 model: chunk["model"].as_str().map(str::to_owned),
             });
         }
-        if let Some(choice) = chunk["choices"].get(0) {
-            let delta = &choice["delta"];
-            if let Some(text) = delta["reasoning_content"]
-                .as_str()
-                .filter(|t| !t.is_empty())
-            {
-                out.push(Event::Thinking(text.to_owned()));
+        let choices = chunk["choices"].as_array().map_or(&[][..], Vec::as_slice);
+        for (position, choice) in choices.iter().enumerate() {
+            let index = choice["index"]
+                .as_u64()
+                .and_then(|i| usize::try_from(i).ok())
+                .unwrap_or(position);
+            if index >= MAX_CHOICES {
+                return Err(DecodeError::Malformed(format!(
+                    "choice index {index} is out of range"
+                )));
             }
-            if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-                out.push(Event::Text(text.to_owned()));
+            if self.calls.len() <= index {
+                self.calls.resize(index + 1, 0);
             }
-            // A legacy completion chunk.
-            if let Some(text) = choice["text"].as_str().filter(|t| !t.is_empty()) {
-                out.push(Event::Text(text.to_owned()));
+            if index != self.current {
+                self.current = index;
+                out.push(Event::Choice(index));
             }
-            if let Some(text) = delta["refusal"].as_str().filter(|t| !t.is_empty()) {
-                out.push(Event::Text(text.to_owned()));
-            }
-            for call in delta["tool_calls"].as_array().into_iter().flatten() {
-                let index = self.tool_index(call, out);
-                if let Some(fragment) = call["function"]["arguments"]
-                    .as_str()
-                    .filter(|f| !f.is_empty())
-                {
-                    out.push(Event::ToolArgs {
-                        index,
-                        fragment: fragment.to_owned(),
-                    });
-                }
-            }
-            if let Some(reason) = choice["finish_reason"].as_str() {
-                out.push(Event::Finish {
-                    reason: finish_of(reason),
-                    stop_sequence: None,
-                });
-            }
+            self.choice(index, choice, out);
         }
         if let Some(usage) = usage_of(&chunk["usage"]) {
             out.push(Event::Usage(usage));
@@ -139,6 +170,12 @@ pub struct ChatEncoder {
     include_usage: bool,
     usage: Option<Usage>,
     chars: usize,
+    /// The choice the events are for.
+    choice: usize,
+    /// The choices whose role chunk went out (choice 0's goes at the start).
+    announced: Vec<bool>,
+    /// Per choice: tool calls written.
+    calls: Vec<usize>,
 }
 
 impl ChatEncoder {
@@ -149,7 +186,22 @@ impl ChatEncoder {
             include_usage,
             usage: None,
             chars: 0,
+            choice: 0,
+            announced: Vec::new(),
+            calls: Vec::new(),
         }
+    }
+
+    /// The role chunk that opens a choice in a chat stream, once per choice.
+    fn announce(&mut self, out: &mut BytesMut) {
+        if self.kind != ChunkKind::Chat || self.announced.get(self.choice) == Some(&true) {
+            return;
+        }
+        if self.announced.len() <= self.choice {
+            self.announced.resize(self.choice + 1, false);
+        }
+        self.announced[self.choice] = true;
+        self.delta(json!({"role": "assistant", "content": ""}), out);
     }
 
     fn chunk(&self, choices: Value, out: &mut BytesMut) {
@@ -170,13 +222,14 @@ impl ChatEncoder {
     }
 
     fn delta(&self, delta: Value, out: &mut BytesMut) {
+        let index = self.choice;
         let choice = match self.kind {
             ChunkKind::Chat => {
-                json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}])
+                json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}])
             }
             ChunkKind::Completion => {
                 let text = delta["content"].as_str().unwrap_or_default();
-                json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": null}])
+                json!([{"index": index, "text": text, "logprobs": null, "finish_reason": null}])
             }
         };
         self.chunk(choice, out);
@@ -186,10 +239,10 @@ impl ChatEncoder {
 impl Encoder for ChatEncoder {
     fn encode(&mut self, event: Event, out: &mut BytesMut) {
         match event {
-            Event::Start { .. } => {
-                if self.kind == ChunkKind::Chat {
-                    self.delta(json!({"role": "assistant", "content": ""}), out);
-                }
+            Event::Start { .. } => self.announce(out),
+            Event::Choice(index) => {
+                self.choice = index;
+                self.announce(out);
             }
             Event::Text(text) => {
                 self.chars += text.len();
@@ -198,6 +251,10 @@ impl Encoder for ChatEncoder {
             // OpenAI has no field for reasoning text: it counts, but is not shown.
             Event::Thinking(text) => self.chars += text.len(),
             Event::ToolStart { index, id, name } => {
+                if self.calls.len() <= self.choice {
+                    self.calls.resize(self.choice + 1, 0);
+                }
+                self.calls[self.choice] += 1;
                 if self.kind == ChunkKind::Chat {
                     self.delta(
                         json!({"tool_calls": [{"index": index, "id": id, "type": "function",
@@ -216,10 +273,12 @@ impl Encoder for ChatEncoder {
                 }
             }
             Event::Finish { reason, .. } => {
+                let reason = finish_with_calls(reason, self.calls.get(self.choice) > Some(&0));
+                let index = self.choice;
                 let choice = match self.kind {
-                    ChunkKind::Chat => json!([{"index": 0, "delta": {}, "logprobs": null,
+                    ChunkKind::Chat => json!([{"index": index, "delta": {}, "logprobs": null,
                                                "finish_reason": finish_name(reason)}]),
-                    ChunkKind::Completion => json!([{"index": 0, "text": "", "logprobs": null,
+                    ChunkKind::Completion => json!([{"index": index, "text": "", "logprobs": null,
                                                      "finish_reason": finish_name(reason)}]),
                 };
                 self.chunk(choice, out);
@@ -254,20 +313,13 @@ impl Encoder for ChatEncoder {
 mod tests {
     use super::*;
     use crate::translate::ir::Finish;
-    use std::borrow::Cow;
 
     fn decode_all(decoder: &mut ChatDecoder, chunks: &[Value]) -> Vec<Event> {
         let mut out = Vec::new();
         for chunk in chunks {
             let data = chunk.to_string();
             decoder
-                .decode(
-                    SseEvent {
-                        name: None,
-                        data: Cow::Borrowed(&data),
-                    },
-                    &mut out,
-                )
+                .decode(SseEvent::new(None, &data), &mut out)
                 .unwrap();
         }
         out
@@ -333,15 +385,68 @@ mod tests {
         decode_all(&mut decoder, &[]);
         let mut out = Vec::new();
         decoder
-            .decode(
-                SseEvent {
-                    name: None,
-                    data: Cow::Borrowed("[DONE]"),
-                },
-                &mut out,
-            )
+            .decode(SseEvent::new(None, "[DONE]"), &mut out)
             .unwrap();
         assert!(decoder.complete());
+    }
+
+    #[test]
+    fn choices_and_tool_calls_finished_with_stop() {
+        let mut decoder = ChatDecoder::default();
+        let events = decode_all(
+            &mut decoder,
+            &[
+                json!({"choices": [{"index": 0, "delta": {"content": "a"}}, {"index": 1, "delta": {"content": "b"}}]}),
+                json!({"choices": [{"index": 1, "delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}, "finish_reason": "stop"}]}),
+                json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            ],
+        );
+        let finishes: Vec<&Event> = events
+            .iter()
+            .filter(|e| matches!(e, Event::Finish { .. } | Event::Choice(_)))
+            .collect();
+        assert_eq!(
+            finishes,
+            [
+                &Event::Choice(1),
+                &Event::Finish {
+                    reason: Finish::ToolCalls,
+                    stop_sequence: None
+                },
+                &Event::Choice(0),
+                &Event::Finish {
+                    reason: Finish::Stop,
+                    stop_sequence: None
+                },
+            ],
+            "{events:?}"
+        );
+        // Encoded back for a client: each choice keeps its index and its own role chunk.
+        let envelope = Envelope {
+            id: "x".into(),
+            model: "m".into(),
+            created: 1,
+        };
+        let mut encoder = ChatEncoder::new(envelope, ChunkKind::Chat, false);
+        let mut out = BytesMut::new();
+        for event in events {
+            encoder.encode(event, &mut out);
+        }
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let chunks: Vec<Value> = crate::wire::sse::events(&text)
+            .map(|e| serde_json::from_str(&e.data).unwrap())
+            .collect();
+        let roles: Vec<u64> = chunks
+            .iter()
+            .filter(|c| c["choices"][0]["delta"]["role"] == "assistant")
+            .map(|c| c["choices"][0]["index"].as_u64().unwrap())
+            .collect();
+        assert_eq!(roles, [0, 1]);
+        let finish_of_1 = chunks
+            .iter()
+            .find(|c| c["choices"][0]["index"] == 1 && c["choices"][0]["finish_reason"].is_string())
+            .unwrap();
+        assert_eq!(finish_of_1["choices"][0]["finish_reason"], "tool_calls");
     }
 
     #[test]
@@ -350,21 +455,9 @@ mod tests {
         let mut out = Vec::new();
         let error =
             json!({"error": {"message": "boom", "type": "server_error", "code": null}}).to_string();
-        let failed = decoder.decode(
-            SseEvent {
-                name: None,
-                data: Cow::Borrowed(&error),
-            },
-            &mut out,
-        );
+        let failed = decoder.decode(SseEvent::new(None, &error), &mut out);
         assert!(matches!(failed, Err(DecodeError::Upstream(f)) if f.message == "boom"));
-        let garbage = decoder.decode(
-            SseEvent {
-                name: None,
-                data: Cow::Borrowed("{nope"),
-            },
-            &mut out,
-        );
+        let garbage = decoder.decode(SseEvent::new(None, "{nope"), &mut out);
         assert!(matches!(garbage, Err(DecodeError::Malformed(_))));
     }
 

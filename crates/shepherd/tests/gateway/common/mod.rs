@@ -109,12 +109,47 @@ pub async fn json_of(response: reqwest::Response) -> Value {
         .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
 }
 
+/// The events of a complete event stream as (name, data), read as the HTML standard says (any
+/// line ending, comments, several `data:` lines joined with `\n`); independent of the gateway's
+/// own parser.
+pub fn sse_events(text: &str) -> Vec<(Option<String>, String)> {
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let mut events = Vec::new();
+    let mut name = None;
+    let mut data: Option<String> = None;
+    for line in text.split('\n') {
+        if line.is_empty() {
+            if let Some(data) = data.take() {
+                events.push((name.take(), data));
+            }
+            name = None;
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => name = Some(value.to_owned()),
+            "data" => {
+                data = Some(match data.take() {
+                    None => value.to_owned(),
+                    Some(earlier) => format!("{earlier}\n{value}"),
+                })
+            }
+            _ => {}
+        }
+    }
+    events
+}
+
 /// Reads an SSE response to its end; returns the `data:` payloads in order.
 pub async fn sse_payloads(response: reqwest::Response) -> Vec<String> {
     let text = String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap();
-    text.split("\n\n")
-        .filter_map(|event| event.lines().find_map(|line| line.strip_prefix("data: ")))
-        .map(str::to_owned)
+    sse_events(&text)
+        .into_iter()
+        .map(|(_, data)| data)
         .collect()
 }
 
@@ -135,10 +170,12 @@ impl EventReader {
 
     pub async fn next_data(&mut self) -> Option<String> {
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let event: String = self.buffer.drain(..end + 2).collect();
-                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    return Some(data.to_owned());
+            let normalized = self.buffer.replace("\r\n", "\n");
+            if let Some(end) = normalized.find("\n\n") {
+                let event = normalized[..end + 2].to_owned();
+                self.buffer = normalized[end + 2..].to_owned();
+                if let Some((_, data)) = sse_events(&event).pop() {
+                    return Some(data);
                 }
                 continue;
             }

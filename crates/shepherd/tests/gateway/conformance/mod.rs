@@ -5,6 +5,7 @@
 
 mod neutral;
 
+use mock_upstream::Style;
 use serde_json::{Value, json};
 
 use crate::common::*;
@@ -32,11 +33,12 @@ async fn streamed(h: &Harness, client: Client, conv: &Conv, model: &str) -> Stre
 
 #[tokio::test]
 async fn plain_answer_and_stream_agree() {
-    let h = start().await;
-    for (client, upstream) in PAIRS {
-        let case = format!("{client:?} -> {upstream:?}");
+    let hs = Styled::start().await;
+    for (style, client, upstream) in CASES {
+        let h = hs.get(style);
+        let case = format!("{style:?}: {client:?} -> {upstream:?}");
         let conv = Conv::user("Hello there, gateway");
-        let answer = whole(&h, client, &conv, upstream.model()).await;
+        let answer = whole(h, client, &conv, upstream.model()).await;
         assert!(
             answer.text.contains("Hello there, gateway"),
             "{case}: {answer:?}"
@@ -61,6 +63,14 @@ async fn plain_answer_and_stream_agree() {
             credential.unwrap().ends_with(UPSTREAM_KEY),
             "{case}: the provider's key"
         );
+        // Each protocol's own headers reach only upstreams of that protocol.
+        if upstream != Upstream::Anthropic {
+            assert_eq!(received.header("anthropic-version"), None, "{case}");
+            assert_eq!(received.header("anthropic-beta"), None, "{case}");
+        }
+        if upstream != Upstream::OpenAi {
+            assert_eq!(received.header("openai-beta"), None, "{case}");
+        }
         assert!(
             received
                 .headers
@@ -68,7 +78,7 @@ async fn plain_answer_and_stream_agree() {
                 .all(|(_, value)| !value.contains(CLIENT_KEY)),
             "{case}: the client's key never goes upstream"
         );
-        let (path, sent) = upstream_request(&h);
+        let (path, sent) = upstream_request(h);
         match upstream {
             Upstream::OpenAi => assert_eq!(sent["model"], "upstream-gpt-4.1", "{case}"),
             Upstream::Anthropic => assert_eq!(sent["model"], "claude-sonnet-4-5", "{case}"),
@@ -80,7 +90,7 @@ async fn plain_answer_and_stream_agree() {
             }
         }
 
-        let streamed = streamed(&h, client, &conv, upstream.model()).await;
+        let streamed = streamed(h, client, &conv, upstream.model()).await;
         assert!(streamed.complete, "{case}: {streamed:?}");
         assert!(streamed.error.is_none(), "{case}");
         assert_eq!(
@@ -92,7 +102,7 @@ async fn plain_answer_and_stream_agree() {
             streamed.answer.usage, answer.usage,
             "{case}: same usage streamed"
         );
-        let (path, _) = upstream_request(&h);
+        let (path, _) = upstream_request(h);
         if upstream == Upstream::Gemini {
             assert!(
                 path.ends_with(":streamGenerateContent?alt=sse"),
@@ -104,9 +114,10 @@ async fn plain_answer_and_stream_agree() {
 
 #[tokio::test]
 async fn system_prompt_and_turns_reach_the_upstream_in_its_form() {
-    let h = start().await;
-    for (client, upstream) in PAIRS {
-        let case = format!("{client:?} -> {upstream:?}");
+    let hs = Styled::start().await;
+    for (style, client, upstream) in CASES {
+        let h = hs.get(style);
+        let case = format!("{style:?}: {client:?} -> {upstream:?}");
         let conv = Conv {
             system: Some("You are terse."),
             turns: vec![
@@ -116,12 +127,12 @@ async fn system_prompt_and_turns_reach_the_upstream_in_its_form() {
             ],
             ..Conv::default()
         };
-        let answer = whole(&h, client, &conv, upstream.model()).await;
+        let answer = whole(h, client, &conv, upstream.model()).await;
         assert!(
             answer.text.contains("What is my name?"),
             "{case}: {answer:?}"
         );
-        let (_, sent) = upstream_request(&h);
+        let (_, sent) = upstream_request(h);
         assert_eq!(
             upstream_system(upstream, &sent).as_deref(),
             Some("You are terse."),
@@ -140,14 +151,15 @@ async fn system_prompt_and_turns_reach_the_upstream_in_its_form() {
 
 #[tokio::test]
 async fn tool_calls_whole_and_with_streamed_arguments() {
-    let h = start().await;
-    for (client, upstream) in PAIRS {
-        let case = format!("{client:?} -> {upstream:?}");
+    let hs = Styled::start().await;
+    for (style, client, upstream) in CASES {
+        let h = hs.get(style);
+        let case = format!("{style:?}: {client:?} -> {upstream:?}");
         let conv = Conv {
             tools: true,
             ..Conv::user("What is the weather in Paris?")
         };
-        let answer = whole(&h, client, &conv, upstream.model()).await;
+        let answer = whole(h, client, &conv, upstream.model()).await;
         assert_eq!(answer.finish, "tool_calls", "{case}: {answer:?}");
         assert_eq!(answer.tools.len(), 1, "{case}");
         let (id, name, args) = &answer.tools[0];
@@ -158,7 +170,7 @@ async fn tool_calls_whole_and_with_streamed_arguments() {
             json!({"location": "Paris"}),
             "{case}"
         );
-        let (_, sent) = upstream_request(&h);
+        let (_, sent) = upstream_request(h);
         let declared = match upstream {
             Upstream::OpenAi => sent["tools"][0]["function"]["parameters"].clone(),
             Upstream::Anthropic => sent["tools"][0]["input_schema"].clone(),
@@ -168,7 +180,7 @@ async fn tool_calls_whole_and_with_streamed_arguments() {
         };
         assert_eq!(declared["required"], json!(["location"]), "{case}: {sent}");
 
-        let streamed = streamed(&h, client, &conv, upstream.model()).await;
+        let streamed = streamed(h, client, &conv, upstream.model()).await;
         assert!(streamed.complete, "{case}: {streamed:?}");
         let answer = &streamed.answer;
         assert_eq!(answer.finish, "tool_calls", "{case}");
@@ -191,9 +203,10 @@ async fn tool_calls_whole_and_with_streamed_arguments() {
 
 #[tokio::test]
 async fn tool_results_round_trip() {
-    let h = start().await;
-    for (client, upstream) in PAIRS {
-        let case = format!("{client:?} -> {upstream:?}");
+    let hs = Styled::start().await;
+    for (style, client, upstream) in CASES {
+        let h = hs.get(style);
+        let case = format!("{style:?}: {client:?} -> {upstream:?}");
         let conv = Conv {
             tools: true,
             turns: vec![
@@ -203,9 +216,9 @@ async fn tool_results_round_trip() {
             ],
             ..Conv::default()
         };
-        let answer = whole(&h, client, &conv, upstream.model()).await;
+        let answer = whole(h, client, &conv, upstream.model()).await;
         assert!(answer.text.contains("Sunny, 21C"), "{case}: {answer:?}");
-        let (_, sent) = upstream_request(&h);
+        let (_, sent) = upstream_request(h);
         let turns = upstream_turns(upstream, &sent);
         let found = match upstream {
             Upstream::OpenAi => sent["messages"].as_array().unwrap().iter().any(|m| {
@@ -243,18 +256,68 @@ async fn tool_results_round_trip() {
 }
 
 #[tokio::test]
-async fn images_json_mode_and_stop_sequences() {
+async fn an_image_a_tool_returned_reaches_every_upstream() {
+    // Claude Code returns screenshots as images inside `tool_result`.
     let h = start().await;
-    for (client, upstream) in PAIRS {
-        let case = format!("{client:?} -> {upstream:?}");
+    for upstream in [Upstream::OpenAi, Upstream::Anthropic, Upstream::Gemini] {
+        let body = json!({"model": upstream.model(), "max_tokens": 50, "messages": [
+            {"role": "user", "content": "Take a screenshot"},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"location": "Paris"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                    {"type": "text", "text": "Here it is"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]},
+                {"type": "text", "text": "What do you see?"}]}
+        ]});
+        let response = send(&h, Client::Anthropic, &body).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{upstream:?}");
+        let (_, sent) = upstream_request(&h);
+        let sent_text = sent.to_string();
+        assert!(
+            sent_text.contains(PNG),
+            "{upstream:?}: the image was dropped: {sent}"
+        );
+        match upstream {
+            Upstream::OpenAi => {
+                let messages = sent["messages"].as_array().unwrap();
+                let tool = messages.iter().position(|m| m["role"] == "tool").unwrap();
+                assert_eq!(messages[tool]["content"], "Here it is");
+                let next = &messages[tool + 1];
+                assert_eq!(next["role"], "user", "{sent}");
+                assert_eq!(
+                    next["content"][0]["image_url"]["url"],
+                    format!("data:image/png;base64,{PNG}")
+                );
+                assert_eq!(next["content"][1]["text"], "What do you see?");
+            }
+            Upstream::Anthropic => {
+                let result = &sent["messages"][2]["content"][0];
+                assert_eq!(result["content"][1]["type"], "image", "{sent}");
+            }
+            Upstream::Gemini => {
+                let parts = &sent["contents"][2]["parts"];
+                assert!(parts[0]["functionResponse"].is_object(), "{sent}");
+                assert_eq!(parts[1]["inlineData"]["data"], PNG, "{sent}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn images_json_mode_and_stop_sequences() {
+    let hs = Styled::start().await;
+    for (style, client, upstream) in CASES {
+        let h = hs.get(style);
+        let case = format!("{style:?}: {client:?} -> {upstream:?}");
         let conv = Conv {
             turns: vec![Turn::UserWithImage("What is in this picture?")],
             json_mode: true,
             stop: Some("END"),
             ..Conv::default()
         };
-        whole(&h, client, &conv, upstream.model()).await;
-        let (_, sent) = upstream_request(&h);
+        whole(h, client, &conv, upstream.model()).await;
+        let (_, sent) = upstream_request(h);
         let content = &upstream_turns(upstream, &sent)[0].1;
         match upstream {
             Upstream::OpenAi => assert_eq!(
@@ -318,27 +381,28 @@ async fn images_json_mode_and_stop_sequences() {
 
 #[tokio::test]
 async fn max_tokens_reached() {
-    let h = start().await;
-    for (client, upstream) in PAIRS {
-        let case = format!("{client:?} -> {upstream:?}");
+    let hs = Styled::start().await;
+    for (style, client, upstream) in CASES {
+        let h = hs.get(style);
+        let case = format!("{style:?}: {client:?} -> {upstream:?}");
         let conv = Conv {
             max_tokens: Some(3),
             ..Conv::user("Tell me a long story about the sea")
         };
-        let answer = whole(&h, client, &conv, upstream.model()).await;
+        let answer = whole(h, client, &conv, upstream.model()).await;
         assert_eq!(answer.finish, "length", "{case}: {answer:?}");
         assert_eq!(
             answer.text.split_whitespace().count(),
             3,
             "{case}: {answer:?}"
         );
-        let (_, sent) = upstream_request(&h);
+        let (_, sent) = upstream_request(h);
         assert_eq!(
             upstream_setting(upstream, &sent, "max"),
             json!(3),
             "{case}: {sent}"
         );
-        let streamed = streamed(&h, client, &conv, upstream.model()).await;
+        let streamed = streamed(h, client, &conv, upstream.model()).await;
         assert_eq!(streamed.answer.finish, "length", "{case}: {streamed:?}");
         assert_eq!(streamed.answer.text, answer.text, "{case}");
     }
@@ -346,9 +410,10 @@ async fn max_tokens_reached() {
 
 #[tokio::test]
 async fn cached_prompt_tokens_are_counted_once() {
-    let h = start().await;
-    for (client, upstream) in PAIRS {
-        let case = format!("{client:?} -> {upstream:?}");
+    let hs = Styled::start().await;
+    for (style, client, upstream) in CASES {
+        let h = hs.get(style);
+        let case = format!("{style:?}: {client:?} -> {upstream:?}");
         let body = body(
             client,
             upstream.model(),
@@ -356,9 +421,9 @@ async fn cached_prompt_tokens_are_counted_once() {
         );
         let plain = answer(
             client,
-            &json_of(send(&h, client, &body).send().await.unwrap()).await,
+            &json_of(send(h, client, &body).send().await.unwrap()).await,
         );
-        let cached = send(&h, client, &body)
+        let cached = send(h, client, &body)
             .header("x-mock-cache-read-tokens", "5")
             .send()
             .await
@@ -384,16 +449,17 @@ async fn cached_prompt_tokens_are_counted_once() {
 
 #[tokio::test]
 async fn filtered_answers_and_reasoning_tokens() {
-    let h = start().await;
-    for (client, upstream) in PAIRS {
-        let case = format!("{client:?} -> {upstream:?}");
+    let hs = Styled::start().await;
+    for (style, client, upstream) in CASES {
+        let h = hs.get(style);
+        let case = format!("{style:?}: {client:?} -> {upstream:?}");
         let reason = match upstream {
             Upstream::OpenAi => "content_filter",
             Upstream::Anthropic => "refusal",
             Upstream::Gemini => "SAFETY",
         };
         let request = body(client, upstream.model(), &Conv::user("Something unsafe"));
-        let response = send(&h, client, &request)
+        let response = send(h, client, &request)
             .header("x-mock-finish-reason", reason)
             .send()
             .await
@@ -402,9 +468,10 @@ async fn filtered_answers_and_reasoning_tokens() {
         assert_eq!(answer.finish, "content_filter", "{case}: {answer:?}");
     }
     // Gemini's thinking tokens are output tokens, reported as reasoning to OpenAI clients.
+    let h = hs.get(Style::Spaced);
     let request = body(Client::OpenAi, "gemini-x", &Conv::user("Think hard"));
-    let plain = json_of(send(&h, Client::OpenAi, &request).send().await.unwrap()).await;
-    let thinking = send(&h, Client::OpenAi, &request)
+    let plain = json_of(send(h, Client::OpenAi, &request).send().await.unwrap()).await;
+    let thinking = send(h, Client::OpenAi, &request)
         .header("x-mock-thoughts-tokens", "40")
         .send()
         .await
@@ -420,15 +487,18 @@ async fn filtered_answers_and_reasoning_tokens() {
 
 #[tokio::test]
 async fn openai_clients_see_the_usage_chunk_only_when_asked() {
-    let h = start().await;
-    for upstream in [Upstream::OpenAi, Upstream::Anthropic, Upstream::Gemini] {
+    let hs = Styled::start().await;
+    for (style, upstream) in STYLES.into_iter().flat_map(|style| {
+        [Upstream::OpenAi, Upstream::Anthropic, Upstream::Gemini].map(|upstream| (style, upstream))
+    }) {
+        let h = hs.get(style);
         let conv = Conv {
             stream: true,
             include_usage: false,
             ..Conv::user("No usage for me")
         };
         let response = send(
-            &h,
+            h,
             Client::OpenAi,
             &body(Client::OpenAi, upstream.model(), &conv),
         )
@@ -440,7 +510,7 @@ async fn openai_clients_see_the_usage_chunk_only_when_asked() {
         assert_eq!(streamed.answer.usage, None, "{upstream:?}: {streamed:?}");
         if upstream == Upstream::OpenAi {
             // The gateway asked for usage anyway, to account for it.
-            let (_, sent) = upstream_request(&h);
+            let (_, sent) = upstream_request(h);
             assert_eq!(sent["stream_options"]["include_usage"], true);
         }
     }
@@ -457,12 +527,12 @@ const ERROR_ROWS: [(u16, u16, u16, &str); 5] = [
 
 #[tokio::test]
 async fn upstream_errors_in_the_callers_protocol() {
-    for (client, upstream) in PAIRS {
+    for (style, client, upstream) in CASES {
         for (injected, openai_status, anthropic_status, anthropic_type) in ERROR_ROWS {
             // A fresh gateway per case: a refused key or a Retry-After takes the upstream out
             // of rotation for a while, which is not what this test is about.
-            let h = start().await;
-            let case = format!("{client:?} -> {upstream:?}, upstream {injected}");
+            let h = start_styled(style).await;
+            let case = format!("{style:?}: {client:?} -> {upstream:?}, upstream {injected}");
             let mut request = send(
                 &h,
                 client,
@@ -506,16 +576,17 @@ async fn upstream_errors_in_the_callers_protocol() {
 
 #[tokio::test]
 async fn broken_streams_end_with_the_callers_error_event() {
-    let h = start().await;
-    for (client, upstream) in PAIRS {
+    let hs = Styled::start().await;
+    for (style, client, upstream) in CASES {
+        let h = hs.get(style);
         for fault in ["x-mock-cut-after", "x-mock-stream-error-after"] {
-            let case = format!("{client:?} -> {upstream:?}, {fault}");
+            let case = format!("{style:?}: {client:?} -> {upstream:?}, {fault}");
             let conv = Conv {
                 stream: true,
                 include_usage: true,
                 ..Conv::user("Stream then break")
             };
-            let response = send(&h, client, &body(client, upstream.model(), &conv))
+            let response = send(h, client, &body(client, upstream.model(), &conv))
                 .header(fault, "2")
                 .header("x-mock-chunks", "6")
                 .send()

@@ -5,6 +5,8 @@
 
 use serde_json::{Value, json};
 
+use mock_upstream::{Behavior, Style};
+
 use crate::common::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +20,54 @@ pub enum Upstream {
     OpenAi,
     Anthropic,
     Gemini,
+}
+
+/// The ways the mock writes its bytes: compact, and spaced like Python servers and LiteLLM
+/// (spaces in JSON, `\r\n` framing, data over several lines, comments, ids).
+pub const STYLES: [Style; 2] = [Style::Compact, Style::Spaced];
+
+/// Every pair in every style.
+pub const CASES: [(Style, Client, Upstream); 12] = {
+    let mut cases = [(Style::Compact, Client::OpenAi, Upstream::OpenAi); 12];
+    let mut n = 0;
+    while n < 12 {
+        let (client, upstream) = PAIRS[n % 6];
+        cases[n] = (STYLES[n / 6], client, upstream);
+        n += 1;
+    }
+    cases
+};
+
+/// A gateway in front of a mock writing in each style.
+pub struct Styled {
+    compact: Harness,
+    spaced: Harness,
+}
+
+impl Styled {
+    pub async fn start() -> Styled {
+        Styled {
+            compact: start_styled(Style::Compact).await,
+            spaced: start_styled(Style::Spaced).await,
+        }
+    }
+
+    pub fn get(&self, style: Style) -> &Harness {
+        match style {
+            Style::Compact => &self.compact,
+            Style::Spaced => &self.spaced,
+        }
+    }
+}
+
+/// A gateway in front of a mock that writes in `style`.
+pub async fn start_styled(style: Style) -> Harness {
+    let h = start().await;
+    h.mock.set_behavior(Behavior {
+        style,
+        ..Behavior::default()
+    });
+    h
 }
 
 /// Every (client protocol, upstream protocol) pair.
@@ -168,12 +218,13 @@ pub fn body(client: Client, model: &str, conv: &Conv) -> Value {
 
 pub fn send(h: &Harness, client: Client, body: &Value) -> reqwest::RequestBuilder {
     match client {
-        Client::OpenAi => h.chat(body.clone()),
+        Client::OpenAi => h.chat(body.clone()).header("openai-beta", "assistants=v2"),
         Client::Anthropic => h
             .client
             .post(h.url("/v1/messages"))
             .header("x-api-key", CLIENT_KEY)
             .header("anthropic-version", "2023-06-01")
+            .header("anthropic-beta", "prompt-caching-2024-07-31")
             .header("content-type", "application/json")
             .body(body.to_string()),
     }
@@ -298,22 +349,7 @@ pub async fn stream(client: Client, response: reqwest::Response) -> Streamed {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let text = String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap();
-    let events: Vec<(Option<String>, String)> = text
-        .split("\n\n")
-        .filter(|block| !block.trim().is_empty())
-        .map(|block| {
-            let mut name = None;
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(n) = line.strip_prefix("event: ") {
-                    name = Some(n.to_owned());
-                } else if let Some(d) = line.strip_prefix("data: ") {
-                    data.push_str(d);
-                }
-            }
-            (name, data)
-        })
-        .collect();
+    let events = sse_events(&text);
     match client {
         Client::OpenAi => openai_stream(&events),
         Client::Anthropic => anthropic_stream(&events),
@@ -347,7 +383,14 @@ fn openai_stream(events: &[(Option<String>, String)]) -> Streamed {
             assert_eq!(chunk["choices"][0]["delta"]["role"], "assistant", "{chunk}");
         }
         if let Some(usage) = openai_usage(&chunk["usage"]) {
-            assert_eq!(chunk["choices"], json!([]), "usage comes in its own chunk");
+            // Usage comes in its own chunk: no choice, or (as LiteLLM writes it, passed
+            // through as is) choices that carry nothing.
+            let empty = chunk["choices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["delta"] == json!({}) && c["finish_reason"].is_null());
+            assert!(empty, "usage comes in its own chunk: {chunk}");
             out.answer.usage = Some(usage);
         }
         let Some(choice) = chunk["choices"].get(0) else {

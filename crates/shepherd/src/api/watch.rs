@@ -1,0 +1,491 @@
+//! Watching a passed-through stream. Every event is checked to be its protocol's JSON (anything
+//! else is an upstream failure) and read for what the gateway needs: the end marker, the
+//! upstream's own error event, usage, and the characters of generated text (for an estimate when
+//! the upstream reports no usage). OpenAI's usage-only chunk is hidden from clients that did not
+//! ask for it. Each event is parsed once into a small borrowed probe: valid JSON in any
+//! formatting is read correctly, and nothing is built for fields the gateway does not need.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::config::Wire;
+use crate::translate::errors::{UpstreamFailure, from_anthropic, from_openai};
+use crate::translate::ir::Usage;
+use crate::translate::{anthropic, openai};
+use crate::wire::sse::{self, SseEvent};
+
+/// What a passed-through stream is watched for.
+#[derive(Debug)]
+pub struct Watch {
+    wire: Wire,
+    hide_usage_chunk: bool,
+    /// `[DONE]` or `message_stop` seen.
+    pub done: bool,
+    /// The upstream's own error event (forwarded as is), and whether it came before any other
+    /// event (then the client can still get it as a plain error with its status).
+    pub failure: Option<(UpstreamFailure, bool)>,
+    /// Events seen so far.
+    events: usize,
+    pub usage: Option<Usage>,
+    /// Bytes of generated text (content, refusals, reasoning, tool arguments) seen so far.
+    pub output_chars: usize,
+}
+
+/// What one block of whole events comes to.
+#[derive(Debug, Default)]
+pub struct Watched {
+    /// The bytes to forward: the block as it came, or without a hidden usage chunk, or up to a
+    /// malformed event.
+    pub forward: Option<Bytes>,
+    /// A malformed event (what was wrong with it); nothing after it is forwarded.
+    pub malformed: Option<String>,
+}
+
+impl Watch {
+    pub fn new(wire: Wire, hide_usage_chunk: bool) -> Self {
+        Watch {
+            wire,
+            hide_usage_chunk,
+            done: false,
+            failure: None,
+            events: 0,
+            usage: None,
+            output_chars: 0,
+        }
+    }
+
+    /// Reads a block of whole events; returns what to forward.
+    pub fn watch(&mut self, block: Bytes) -> Watched {
+        let Ok(text) = std::str::from_utf8(&block) else {
+            return Watched {
+                forward: None,
+                malformed: Some("the stream is not UTF-8".to_owned()),
+            };
+        };
+        let mut hidden: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut malformed = None;
+        let mut end = block.len();
+        for event in sse::events(text) {
+            let verdict = match self.wire {
+                Wire::Anthropic => self.anthropic_event(&event),
+                _ => self.openai_event(&event),
+            };
+            self.events += 1;
+            match verdict {
+                Ok(Verdict::Forward) => {}
+                Ok(Verdict::Hide) => hidden.push(event.span),
+                Err(detail) => {
+                    end = event.span.start;
+                    malformed = Some(detail);
+                    break;
+                }
+            }
+        }
+        let forward = if hidden.is_empty() {
+            (end > 0).then(|| block.slice(..end))
+        } else {
+            // Rare (once per stream): the events without the hidden ones.
+            let mut out = BytesMut::with_capacity(end);
+            let mut at = 0;
+            for span in hidden {
+                out.extend_from_slice(&block[at..span.start]);
+                at = span.end;
+            }
+            out.extend_from_slice(&block[at..end]);
+            (!out.is_empty()).then(|| out.freeze())
+        };
+        Watched { forward, malformed }
+    }
+
+    fn fail(&mut self, failure: UpstreamFailure) {
+        if self.failure.is_none() {
+            self.failure = Some((failure, self.events == 0));
+        }
+    }
+
+    fn openai_event(&mut self, event: &SseEvent<'_>) -> Result<Verdict, String> {
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(Verdict::Forward);
+        }
+        if data.is_empty() {
+            // An empty event: a keep-alive of some servers.
+            return Ok(Verdict::Forward);
+        }
+        let chunk: ChunkProbe<'_> = serde_json::from_str(data)
+            .map_err(|error| format!("an event is not a JSON object: {error}"))?;
+        if chunk.error.is_some_and(|e| e.get() != "null") || event.name == Some("error") {
+            let value: Value = serde_json::from_str(data).unwrap_or_default();
+            self.fail(from_openai(0, &value));
+            return Ok(Verdict::Forward);
+        }
+        let mut carries_content = false;
+        for choice in chunk.choices.iter().flatten() {
+            let chars = choice.text.0
+                + choice.delta.as_ref().map_or(0, |delta| {
+                    delta.content.0
+                        + delta.refusal.0
+                        + delta.reasoning_content.0
+                        + delta.reasoning.0
+                        + delta
+                            .function_call
+                            .as_ref()
+                            .map_or(0, |call| call.arguments.0)
+                        + delta
+                            .tool_calls
+                            .iter()
+                            .flatten()
+                            .map(|call| call.function.as_ref().map_or(0, |f| f.arguments.0))
+                            .sum::<usize>()
+                });
+            self.output_chars += chars;
+            let calls = choice.delta.as_ref().is_some_and(|delta| {
+                delta
+                    .tool_calls
+                    .as_ref()
+                    .is_some_and(|calls| !calls.is_empty())
+                    || delta.function_call.is_some()
+            });
+            carries_content |= chars > 0 || calls || choice.finish_reason.is_some();
+        }
+        let Some(usage) = chunk.usage.filter(|usage| usage.get() != "null") else {
+            return Ok(Verdict::Forward);
+        };
+        let usage: Value = serde_json::from_str(usage.get()).unwrap_or_default();
+        if let Some(usage) = openai::response::usage_of(&usage) {
+            self.usage = Some(usage);
+        }
+        if self.hide_usage_chunk && !carries_content {
+            return Ok(Verdict::Hide);
+        }
+        Ok(Verdict::Forward)
+    }
+
+    fn anthropic_event(&mut self, event: &SseEvent<'_>) -> Result<Verdict, String> {
+        let probe: AnthropicProbe<'_> = serde_json::from_str(&event.data)
+            .map_err(|error| format!("an event is not a JSON object: {error}"))?;
+        let kind = probe.kind.as_deref().or(event.name).unwrap_or_default();
+        let usage = match kind {
+            "message_start" => probe.message.and_then(|message| message.usage),
+            "message_delta" => probe.usage,
+            "content_block_start" => {
+                if let Some(block) = &probe.content_block {
+                    self.output_chars += block.text.0 + block.thinking.0;
+                }
+                None
+            }
+            "content_block_delta" => {
+                if let Some(delta) = &probe.delta {
+                    self.output_chars += delta.text.0 + delta.partial_json.0 + delta.thinking.0;
+                }
+                None
+            }
+            "message_stop" => {
+                self.done = true;
+                None
+            }
+            "error" => {
+                let value: Value = serde_json::from_str(&event.data).unwrap_or_default();
+                self.fail(from_anthropic(0, &value));
+                None
+            }
+            _ => None,
+        };
+        if let Some(usage) = usage {
+            let usage: Value = serde_json::from_str(usage.get()).unwrap_or_default();
+            if usage.is_object() {
+                let base = self.usage.unwrap_or_default();
+                self.usage = Some(anthropic::response::usage_of(&usage, base));
+            }
+        }
+        Ok(Verdict::Forward)
+    }
+}
+
+enum Verdict {
+    Forward,
+    /// A usage-only chunk the client did not ask for.
+    Hide,
+}
+
+/// An OpenAI chunk (chat or legacy completion), as little of it as the watch needs.
+#[derive(Deserialize)]
+struct ChunkProbe<'a> {
+    #[serde(default)]
+    choices: Option<Vec<ChoiceProbe>>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceProbe {
+    #[serde(default)]
+    delta: Option<DeltaProbe>,
+    /// A legacy completion's text.
+    #[serde(default)]
+    text: TextLen,
+    #[serde(default, deserialize_with = "present")]
+    finish_reason: Option<()>,
+}
+
+#[derive(Deserialize)]
+struct DeltaProbe {
+    #[serde(default)]
+    content: TextLen,
+    #[serde(default)]
+    refusal: TextLen,
+    /// DeepSeek, vLLM and others.
+    #[serde(default)]
+    reasoning_content: TextLen,
+    /// OpenRouter and others.
+    #[serde(default)]
+    reasoning: TextLen,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallProbe>>,
+    #[serde(default)]
+    function_call: Option<FunctionProbe>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallProbe {
+    #[serde(default)]
+    function: Option<FunctionProbe>,
+}
+
+#[derive(Deserialize)]
+struct FunctionProbe {
+    #[serde(default)]
+    arguments: TextLen,
+}
+
+/// An Anthropic stream event, as little of it as the watch needs.
+#[derive(Deserialize)]
+struct AnthropicProbe<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    message: Option<MessageProbe<'a>>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(default)]
+    content_block: Option<BlockProbe>,
+    #[serde(default)]
+    delta: Option<BlockProbe>,
+}
+
+#[derive(Deserialize)]
+struct MessageProbe<'a> {
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct BlockProbe {
+    #[serde(default)]
+    text: TextLen,
+    #[serde(default)]
+    thinking: TextLen,
+    #[serde(default)]
+    partial_json: TextLen,
+}
+
+/// Some value, `null` being none.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<()>, D::Error> {
+    let value = Option::<IgnoredAny>::deserialize(deserializer)?;
+    Ok(value.map(|_| ()))
+}
+
+/// The length of a JSON string value, unescaped; any other value (null, a list of parts…)
+/// counts 0 and is skipped without being built.
+#[derive(Debug, Default, Clone, Copy)]
+struct TextLen(usize);
+
+impl<'de> Deserialize<'de> for TextLen {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TextLenVisitor)
+    }
+}
+
+struct TextLenVisitor;
+
+impl<'de> Visitor<'de> for TextLenVisitor {
+    type Value = TextLen;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<TextLen, E> {
+        Ok(TextLen(text.len()))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<TextLen, E> {
+        Ok(TextLen(0))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<TextLen, E> {
+        Ok(TextLen(0))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<TextLen, E> {
+        Ok(TextLen(0))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<TextLen, E> {
+        Ok(TextLen(0))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<TextLen, E> {
+        Ok(TextLen(0))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<TextLen, E> {
+        Ok(TextLen(0))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TextLen, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(TextLen(0))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TextLen, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(TextLen(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch_all(watch: &mut Watch, text: &str) -> (String, Option<String>) {
+        let watched = watch.watch(Bytes::copy_from_slice(text.as_bytes()));
+        let forward = watched
+            .forward
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .unwrap_or_default();
+        (forward, watched.malformed)
+    }
+
+    #[test]
+    fn usage_chunk_hidden_when_only_the_gateway_asked() {
+        let mut watch = Watch::new(Wire::OpenAi, true);
+        let (out, malformed) = watch_all(
+            &mut watch,
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n\
+data: [DONE]\n\n",
+        );
+        assert!(malformed.is_none());
+        assert!(!out.contains("prompt_tokens"), "{out}");
+        assert!(out.contains("\"content\":\"hi\"") && out.ends_with("data: [DONE]\n\n"));
+        assert!(watch.done);
+        assert_eq!(watch.usage.unwrap().input, 3);
+        assert_eq!(watch.output_chars, 2);
+
+        let mut keep = Watch::new(Wire::OpenAi, false);
+        let events = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n";
+        assert_eq!(watch_all(&mut keep, events).0, events);
+    }
+
+    #[test]
+    fn any_json_formatting_and_framing_is_read() {
+        // Spaces after colons (Python servers), `\r\n` framing, data over several lines,
+        // comments and ids, and LiteLLM's usage chunk (an empty choice rather than none).
+        let stream = ": ping\r\nid: 1\r\ndata: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"a\\\"b\"}}]}\r\n\r\n\
+data: {\"choices\": [{\"index\": 0, \"delta\": {},\r\ndata:  \"finish_reason\": \"stop\"}]}\r\n\r\n\
+data: {\"choices\": [{\"index\": 0, \"delta\": {}}],\r\ndata: \"usage\": {\"prompt_tokens\": 11, \"completion_tokens\": 7, \"total_tokens\": 18}}\r\n\r\n\
+data: [DONE]\r\n\r\n";
+        let mut watch = Watch::new(Wire::OpenAi, true);
+        let (out, malformed) = watch_all(&mut watch, stream);
+        assert!(malformed.is_none());
+        let usage = watch.usage.expect("usage read");
+        assert_eq!((usage.input, usage.output), (11, 7));
+        assert_eq!(watch.output_chars, 3, "the text, unescaped");
+        assert!(!out.contains("prompt_tokens"), "hidden: {out}");
+        assert!(out.contains("finish_reason") && out.ends_with("data: [DONE]\r\n\r\n"));
+        assert!(watch.done);
+        // A usage chunk that also finishes a choice is not usage-only: it stays.
+        let mut watch = Watch::new(Wire::OpenAi, true);
+        let finishing = "data: {\"choices\": [{\"delta\": {}, \"finish_reason\": \"stop\"}], \"usage\": {\"prompt_tokens\": 1}}\n\n";
+        assert_eq!(watch_all(&mut watch, finishing).0, finishing);
+    }
+
+    #[test]
+    fn malformed_events_stop_the_forwarding() {
+        let mut watch = Watch::new(Wire::OpenAi, false);
+        let (out, malformed) = watch_all(
+            &mut watch,
+            "data: {\"choices\":[]}\n\ndata: {not json\n\ndata: {\"choices\":[]}\n\n",
+        );
+        assert_eq!(out, "data: {\"choices\":[]}\n\n");
+        assert!(malformed.unwrap().contains("not a JSON object"));
+        let mut watch = Watch::new(Wire::OpenAi, false);
+        assert!(watch_all(&mut watch, "data: [1, 2]\n\n").1.is_some());
+        let mut watch = Watch::new(Wire::Anthropic, false);
+        assert!(
+            watch_all(&mut watch, "event: ping\ndata: {\"type\": \n\n")
+                .1
+                .is_some()
+        );
+        let watched = Watch::new(Wire::OpenAi, false).watch(Bytes::from_static(b"data: \xff\n\n"));
+        assert!(watched.malformed.is_some());
+    }
+
+    #[test]
+    fn error_events_are_failures() {
+        let mut watch = Watch::new(Wire::OpenAi, false);
+        let (out, _) = watch_all(
+            &mut watch,
+            "data: {\"error\": {\"message\": \"boom\", \"type\": \"server_error\"}}\n\n",
+        );
+        assert!(out.contains("boom"), "forwarded as is");
+        let (failure, first) = watch.failure.unwrap();
+        assert_eq!(failure.message, "boom");
+        assert!(first);
+        let mut watch = Watch::new(Wire::OpenAi, false);
+        watch_all(
+            &mut watch,
+            "data: {\"choices\":[]}\n\nevent: error\ndata: {\"message\":\"x\"}\n\n",
+        );
+        assert!(matches!(watch.failure, Some((_, false))));
+    }
+
+    #[test]
+    fn anthropic_usage_and_text_are_read_on_the_side() {
+        let mut watch = Watch::new(Wire::Anthropic, false);
+        let events = "event: message_start\r\ndata: {\"type\": \"message_start\", \"message\": {\"usage\": {\"input_tokens\": 10, \"output_tokens\": 1}}}\r\n\r\n\
+event: content_block_delta\r\ndata: {\"type\": \"content_block_delta\", \"index\": 0,\r\ndata: \"delta\": {\"type\": \"text_delta\", \"text\": \"Hello\"}}\r\n\r\n\
+event: message_delta\r\ndata: {\"type\": \"message_delta\", \"delta\": {\"stop_reason\": \"end_turn\"}, \"usage\": {\"output_tokens\": 7}}\r\n\r\n\
+event: message_stop\r\ndata: {\"type\": \"message_stop\"}\r\n\r\n";
+        let (out, malformed) = watch_all(&mut watch, events);
+        assert!(malformed.is_none());
+        assert_eq!(out, events);
+        let usage = watch.usage.unwrap();
+        assert_eq!((usage.input, usage.output), (10, 7));
+        assert_eq!(watch.output_chars, 5);
+        assert!(watch.done);
+    }
+
+    #[test]
+    fn text_lengths_of_any_value() {
+        let probe: DeltaProbe = serde_json::from_str(
+            r#"{"content": [{"type": "text", "text": "x"}], "refusal": null, "reasoning": "thought", "tool_calls": [{"function": {"arguments": "{\"a\": 1}"}}, {"index": 1}]}"#,
+        )
+        .unwrap();
+        assert_eq!(probe.content.0, 0);
+        assert_eq!(probe.reasoning.0, 7);
+        let calls = probe.tool_calls.unwrap();
+        assert_eq!(calls[0].function.as_ref().unwrap().arguments.0, 8);
+        assert!(calls[1].function.is_none());
+    }
+}
