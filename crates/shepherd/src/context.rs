@@ -247,8 +247,9 @@ impl RequestContext {
         });
     }
     /// The request's token counts, reported by the upstream or estimated.
+    /// The request's usage (clamped: an upstream's absurd counts cannot overflow sums).
     pub fn set_usage(&self, usage: Usage, source: UsageSource) {
-        self.update(|f| f.usage = Some((usage, source)));
+        self.update(|f| f.usage = Some((usage.clamped(), source)));
     }
     pub fn usage(&self) -> Option<(Usage, UsageSource)> {
         let mut usage = None;

@@ -2,6 +2,7 @@
 //! in front of every LLM provider. See `docs/architecture.md` for the path of a request.
 
 pub mod api;
+pub mod bounds;
 pub mod cache;
 pub mod cli;
 pub mod config;

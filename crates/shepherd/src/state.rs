@@ -55,10 +55,27 @@ pub struct AppState {
     /// Traces over OTLP, when `telemetry.otlp_endpoint` is set.
     pub traces: Option<Arc<crate::telemetry::traces::Traces>>,
     /// Set on SIGTERM: `/readyz` answers 503 while in-flight work drains.
-    pub draining: AtomicBool,
+    pub draining: Arc<AtomicBool>,
+    /// Requests in flight (probes and scrapes excepted), counted by the listeners.
+    pub active_requests: Arc<std::sync::atomic::AtomicUsize>,
+    /// Turns true when the shutdown grace is over: running streams end with an error event
+    /// (their usage so far recorded).
+    pub end_streams: tokio::sync::watch::Sender<bool>,
     pub reloads: ReloadCounts,
     /// The config file, when the config came from one (reloads read it again).
     pub config_path: Option<PathBuf>,
+    /// Started with `--allow-empty`: a config that serves nothing may be loaded.
+    pub allow_empty: AtomicBool,
+}
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadTrigger {
+    /// SIGHUP (or an explicit call): the operator means it.
+    Signal,
+    /// The file changed: it may be half written, so a change that removes every key or every
+    /// model waits for a SIGHUP.
+    FileChange,
 }
 
 impl AppState {
@@ -82,9 +99,12 @@ impl AppState {
             cache,
             metrics,
             traces,
-            draining: AtomicBool::new(false),
+            draining: Arc::new(AtomicBool::new(false)),
+            active_requests: Arc::default(),
+            end_streams: tokio::sync::watch::Sender::new(false),
             reloads: ReloadCounts::default(),
             config_path,
+            allow_empty: AtomicBool::new(false),
         })
     }
 
@@ -125,13 +145,21 @@ impl AppState {
         Ok(())
     }
 
-    /// Reads the config file again and applies it; a bad file is refused and the running
-    /// config keeps serving.
+    /// Reads the config file again and applies it (as a SIGHUP would); a bad file is refused
+    /// and the running config keeps serving.
     pub fn reload(&self) -> Result<(), String> {
+        self.reload_on(ReloadTrigger::Signal)
+    }
+
+    /// Reads the config file again and applies it; a bad file, one that serves nothing (unless
+    /// started with `--allow-empty`), or, on a file event, one that removes every key or every
+    /// model, is refused and the running config keeps serving.
+    pub fn reload_on(&self, trigger: ReloadTrigger) -> Result<(), String> {
         let outcome = match &self.config_path {
             None => Err("the config did not come from a file".to_owned()),
             Some(path) => crate::config::load_file(path)
                 .map_err(|problems| problems.to_string())
+                .and_then(|config| self.vet(&config, trigger).map(|()| config))
                 .and_then(|config| self.apply(config)),
         };
         match &outcome {
@@ -153,6 +181,39 @@ impl AppState {
             }
         }
         outcome
+    }
+}
+
+impl AppState {
+    /// Whether `config` may replace the running one.
+    fn vet(&self, config: &Config, trigger: ReloadTrigger) -> Result<(), String> {
+        if config.serves_nothing() && !self.allow_empty.load(Ordering::Relaxed) {
+            return Err(
+                "the new config serves nothing (no models): an empty or truncated file? \
+                 (start with --allow-empty to allow it)"
+                    .to_owned(),
+            );
+        }
+        if trigger == ReloadTrigger::FileChange {
+            let old = self.runtime();
+            let removes_keys = !old.config.keys.is_empty() && config.keys.is_empty();
+            let removes_models = !old.config.models.is_empty() && config.models.is_empty();
+            if removes_keys || removes_models {
+                let what = if removes_keys {
+                    "every key"
+                } else {
+                    "every model"
+                };
+                tracing::warn!(
+                    removes = what,
+                    "the changed config file removes {what}; send SIGHUP to apply it on purpose"
+                );
+                return Err(format!(
+                    "the file change removes {what}; not applied without a SIGHUP"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

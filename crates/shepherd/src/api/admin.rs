@@ -47,10 +47,34 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
     match presented {
         None => ApiError::missing_key().into_response(),
         Some(key) if same_secret(key.as_bytes(), admin.master_key.expose().as_bytes()) => {
-            next.run(request).await
+            always_json(next.run(request).await).await
         }
         Some(_) => ApiError::invalid_key().into_response(),
     }
+}
+
+/// An error the framework answered in plain text (a malformed query or path, a body over the
+/// size limit) comes back as the admin API's JSON error with the same status.
+async fn always_json(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text.trim().to_owned()
+    };
+    ApiError::admin(status, &message).into_response()
 }
 
 fn failure(error: &ManageError) -> Response {
@@ -179,15 +203,14 @@ async fn rotate_key(
         Ok(spec) => spec,
         Err(error) => return failure(&error),
     };
-    let overlap = match spec.overlap.as_deref().map(humantime::parse_duration) {
-        None => Duration::from_secs(3600),
-        Some(Ok(overlap)) => overlap,
-        Some(Err(_)) => {
-            return failure(&ManageError::Invalid(
-                "`overlap` is not a duration (e.g. 1h)".into(),
-            ));
-        }
-    };
+    let overlap =
+        match spec.overlap.as_deref().map(|text| {
+            crate::bounds::duration("overlap", text, crate::bounds::MAX_ROTATION_OVERLAP)
+        }) {
+            None => Duration::from_secs(3600),
+            Some(Ok(overlap)) => overlap,
+            Some(Err(message)) => return failure(&ManageError::Invalid(message)),
+        };
     let governance = state.governance.clone();
     match blocking(move || governance.rotate_key(&id, overlap)).await {
         Ok((key, text)) => {

@@ -59,6 +59,8 @@ pub struct Job<'a> {
     pub hops: u32,
     /// The right to store the answer in the cache (a cache miss).
     pub fill: std::sync::Mutex<Option<crate::cache::Fill>>,
+    /// Turns true when the server's shutdown grace is over.
+    pub end: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Job<'_> {
@@ -181,8 +183,11 @@ pub async fn run(job: Job<'_>, plan: Plan) -> Result<Response, ApiError> {
         match outcome {
             Ok(mut response) => {
                 deployment.health.breaker.success(circuit);
-                if let Some(key) = key.and_then(|k| deployment.provider.key_health(k)) {
-                    key.breaker.success(circuit);
+                if let Some(index) = key {
+                    if let Some(health) = deployment.provider.key_health(index) {
+                        health.breaker.success(circuit);
+                    }
+                    deployment.provider.key_served(index);
                 }
                 deployment.health.record_latency(started.elapsed());
                 if candidate.fallback {
@@ -214,6 +219,9 @@ pub async fn run(job: Job<'_>, plan: Plan) -> Result<Response, ApiError> {
                             tracing::warn!(provider = %deployment.provider.name,
                                            "upstream key refused; out of rotation for the key cool-down");
                             health.breaker.open_for(circuit.key_cooldown);
+                            if let Some(key) = key {
+                                deployment.provider.key_refused(key);
+                            }
                             // The same deployment again, with another key, without a pause.
                             tried[index] = false;
                             cursor = index;
@@ -291,10 +299,10 @@ fn next_candidate(
             if !deployment.health.breaker.admit(cooldown).allowed() {
                 return None;
             }
-            match deployment
-                .provider
-                .pick_key(runtime.config.circuit.key_cooldown)
-            {
+            match deployment.provider.pick_key(
+                runtime.config.circuit.key_cooldown,
+                runtime.config.circuit.cooldown,
+            ) {
                 KeyChoice::None => Some((index, None)),
                 KeyChoice::Key(key) => Some((index, Some(key))),
                 KeyChoice::Exhausted(_) => None,
@@ -440,6 +448,7 @@ async fn attempt(
             secrets: deployment.provider.secrets().into(),
             inflight: Some(inflight),
             capture: job.wants_capture().then(|| deployment.provider.wire()),
+            end: job.end.clone(),
         };
         let mut relay = Relay::start(upstream.body, mode, settings, first_byte_deadline)
             .await

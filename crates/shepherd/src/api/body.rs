@@ -7,6 +7,19 @@ use http_body_util::BodyExt;
 
 use super::errors::ApiError;
 
+/// The whole body within `within` (`server.client_timeouts.body`: else 408), and 413 as soon
+/// as it is known to pass `limit` bytes.
+pub async fn read_within(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    within: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(within, read_limited(body, headers, limit))
+        .await
+        .map_err(|_| ApiError::body_timeout(within))?
+}
+
 /// The whole body, or 413 as soon as it is known to pass `limit` bytes.
 pub async fn read_limited(
     body: Body,

@@ -59,7 +59,8 @@ async fn count(
     ctx.set_key(key.id.clone(), key.name.clone());
     governance.check_route(&runtime, ROUTE)?;
     let server = &runtime.config.server;
-    let body = body::read_limited(body, headers, server.max_body).await?;
+    let body =
+        body::read_within(body, headers, server.max_body, server.client_timeouts.body).await?;
     ctx.set_bytes_in(body.len());
     let (head, body) = super::proxy::head_of(&runtime, ctx, &key, ROUTE, body)?;
     ctx.set_request(&head.model, false, body.len());
@@ -72,6 +73,7 @@ async fn count(
     }
     let requester = Requester {
         key_name: &key.name,
+        key_models: &key.models,
         headers,
         client_ip: ctx.client_ip(),
     };
@@ -92,7 +94,10 @@ async fn count(
         {
             continue;
         }
-        let key = match deployment.provider.pick_key(cooldown) {
+        let key = match deployment
+            .provider
+            .pick_key(cooldown, runtime.config.circuit.cooldown)
+        {
             KeyChoice::None => None,
             KeyChoice::Key(key) => Some(key),
             KeyChoice::Exhausted(_) => continue,

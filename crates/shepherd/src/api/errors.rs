@@ -234,6 +234,40 @@ impl ApiError {
         .with_param(field)
     }
 
+    /// A request header with a value the gateway cannot take.
+    pub fn invalid_header(name: &str, detail: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_header",
+            format!("Invalid value for the header '{name}': {detail}"),
+        )
+        .with_param(name)
+    }
+
+    /// The server's shutdown grace ended while this stream was still running.
+    pub fn stream_ended_by_shutdown() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable_error",
+            "server_shutting_down",
+            "The gateway is shutting down and ended this stream; retry the request.".to_owned(),
+        )
+    }
+
+    /// The client did not send its whole body in time.
+    pub fn body_timeout(within: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            format!(
+                "The request body did not arrive within {}.",
+                humantime::format_duration(within)
+            ),
+        )
+    }
+
     pub fn missing_field(field: &str) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
@@ -404,6 +438,10 @@ impl ApiError {
             message,
         );
         error.limit_scope = Some(scope);
+        if too_large {
+            // Waiting does not help a request that can never fit: no Retry-After.
+            return error;
+        }
         let wait = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
         error
             .with_header(header::RETRY_AFTER, HeaderValue::from(wait.max(1)))
@@ -464,9 +502,13 @@ impl ApiError {
     /// A refused admin request.
     pub fn admin(status: StatusCode, message: &str) -> Self {
         let code = match status.as_u16() {
-            400 => "invalid_request",
+            400 | 422 => "invalid_request",
             404 => "not_found",
+            405 => "method_not_allowed",
             409 => "conflict",
+            413 => "request_too_large",
+            415 => "unsupported_media_type",
+            _ if status.is_client_error() => "invalid_request",
             _ => "internal_error",
         };
         Self::new(

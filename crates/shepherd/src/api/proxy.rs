@@ -68,7 +68,8 @@ pub async fn proxy(
         ledger: governance.writer.clone(),
     });
     governance.check_route(&runtime, endpoint.route())?;
-    let body = body::read_limited(body, headers, server.max_body).await?;
+    let body =
+        body::read_within(body, headers, server.max_body, server.client_timeouts.body).await?;
     ctx.set_bytes_in(body.len());
     let (head, body) = head_of(&runtime, ctx, &key, endpoint.route(), body)?;
     let stream = head.stream && endpoint != Endpoint::Embeddings;
@@ -82,6 +83,7 @@ pub async fn proxy(
     }
     let requester = Requester {
         key_name: &key.name,
+        key_models: &key.models,
         headers,
         client_ip: ctx.client_ip(),
     };
@@ -103,7 +105,7 @@ pub async fn proxy(
         .max_output
         .unwrap_or(runtime.config.limits.reserve_output_tokens);
     let demand = Demand {
-        tokens: prompt_tokens + output_tokens,
+        tokens: prompt_tokens.saturating_add(output_tokens),
         prompt_tokens,
         output_tokens,
         price: prices
@@ -111,6 +113,22 @@ pub async fn proxy(
             .map(|(_, price)| *price)
             .max_by_key(|price| price.input + price.output)
             .unwrap_or_default(),
+    };
+    // Checked before admission: a bad cache header costs no quota.
+    let config = &runtime.config;
+    let model_cache = runtime.models.cache_of(&head.model);
+    let ask = if model_cache.map_or(config.cache.enabled, |cache| cache.enabled) {
+        Cache::ask(
+            &config.cache,
+            model_cache.and_then(|cache| cache.ttl),
+            endpoint,
+            &key.id,
+            headers,
+            &body,
+        )
+        .map_err(|error| error.in_protocol(protocol))?
+    } else {
+        None
     };
     let admission = match governance.admit(&runtime, key.clone(), &head.model, &demand) {
         Ok(admission) => admission,
@@ -128,21 +146,6 @@ pub async fn proxy(
         prices,
         ledger: governance.writer.clone(),
     });
-    let config = &runtime.config;
-    let model_cache = runtime.models.cache_of(&head.model);
-    let ask = model_cache
-        .map_or(config.cache.enabled, |cache| cache.enabled)
-        .then(|| {
-            Cache::ask(
-                &config.cache,
-                model_cache.and_then(|cache| cache.ttl),
-                endpoint,
-                &key.id,
-                headers,
-                &body,
-            )
-        })
-        .flatten();
     let mut fill = None;
     if let Some(ask) = &ask {
         let deadline = Instant::from_std(ctx.started) + server.timeouts.total;
@@ -189,6 +192,7 @@ pub async fn proxy(
         stream,
         hops,
         fill: std::sync::Mutex::new(fill),
+        end: state.end_streams.subscribe(),
     };
     let mut response = attempts::run(job, plan).await?;
     rate_headers.apply(response.headers_mut(), protocol);

@@ -65,6 +65,8 @@ pub struct Settings {
     pub inflight: Option<InflightGuard>,
     /// Gather the answer for the cache (the upstream's protocol, for a pass-through stream).
     pub capture: Option<Wire>,
+    /// Turns true when the server's shutdown grace is over: the stream ends with an error.
+    pub end: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What gathers a stream's answer for the cache: a decoder of the upstream's events (only a
@@ -214,7 +216,15 @@ impl Relay {
                 .settings
                 .deadline
                 .min(Instant::now() + self.settings.idle);
-            let step = match timeout_at(wait_until, self.upstream.next()).await {
+            let next = tokio::select! {
+                biased;
+                _ = self.settings.end.wait_for(|end| *end) => None,
+                next = timeout_at(wait_until, self.upstream.next()) => Some(next),
+            };
+            let Some(next) = next else {
+                return self.fail(None, ApiError::stream_ended_by_shutdown());
+            };
+            let step = match next {
                 Ok(Some(Ok(chunk))) => self.process(chunk),
                 Ok(None) => {
                     self.ended = true;

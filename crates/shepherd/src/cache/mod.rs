@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::api::errors::ApiError;
+use crate::bounds;
+
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -79,7 +82,8 @@ impl Cache {
         self.store.as_ref()
     }
 
-    /// What this request asks of the cache, if its route and model are cached.
+    /// What this request asks of the cache, if its route and model are cached; a malformed or
+    /// too long `x-shepherd-cache-ttl` is a 400 that names it.
     pub fn ask(
         config: &CacheConfig,
         model_ttl: Option<Duration>,
@@ -87,10 +91,10 @@ impl Cache {
         key_id: &str,
         headers: &HeaderMap,
         body: &[u8],
-    ) -> Option<Ask> {
+    ) -> Result<Option<Ask>, ApiError> {
         let route = endpoint.route();
         if !config.routes.iter().any(|r| r == route) {
-            return None;
+            return Ok(None);
         }
         let control = headers
             .get_all(axum::http::header::CACHE_CONTROL)
@@ -103,18 +107,29 @@ impl Cache {
             CacheScope::Shared => "shared".to_owned(),
             CacheScope::Key => format!("key:{key_id}"),
         };
-        let ttl = headers
-            .get(TTL_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        let asked = match headers.get(TTL_HEADER) {
+            None => None,
+            Some(value) => {
+                let text = value.to_str().unwrap_or("(not text)");
+                Some(
+                    bounds::duration(TTL_HEADER, text, bounds::MAX_CACHE_TTL)
+                        .map_err(|message| ApiError::invalid_header(TTL_HEADER, &message))?,
+                )
+            }
+        };
+        let ttl = asked
             .or(model_ttl)
-            .unwrap_or(config.ttl);
-        Some(Ask {
-            key: key::of(route, &scope, body)?,
+            .unwrap_or(config.ttl)
+            .min(bounds::MAX_CACHE_TTL);
+        let Some(key) = key::of(route, &scope, body) else {
+            return Ok(None);
+        };
+        Ok(Some(Ask {
+            key,
             skip_lookup: control.iter().any(|d| d == "no-cache"),
             skip_store: control.iter().any(|d| d == "no-store") || ttl.is_zero(),
             ttl,
-        })
+        }))
     }
 
     /// Looks `ask` up; on a miss the caller may become the leader that fills the key, or wait
@@ -199,7 +214,7 @@ impl Fill {
             answer,
             body,
             deployment,
-            expires_at: Instant::now() + self.ttl,
+            expires_at: bounds::later(Instant::now(), self.ttl),
         };
         self.cache.store.put(self.key.clone(), Arc::new(entry));
         self.cache.counts.stores.fetch_add(1, Ordering::Relaxed);

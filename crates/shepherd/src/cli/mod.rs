@@ -26,11 +26,17 @@ enum Command {
         /// Config file (YAML). Default: $SHEPHERD_CONFIG, else ./shepherd.yaml.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Start (and reload) a config that serves no model, on purpose.
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Validate a config file and print every problem with file, line and field.
     Check {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// A config that serves no model is fine.
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Manage virtual keys (in the config's database, or through a gateway's admin API).
     Keys {
@@ -63,19 +69,38 @@ pub fn run(cli: Cli) -> ExitCode {
             let _ = writeln!(std::io::stdout(), "shepherd {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Check { config } => check(&config_path(config)),
+        Command::Check {
+            config,
+            allow_empty,
+        } => check(&config_path(config), allow_empty),
         Command::Keys { command, target } => admin::keys(command, &target),
         Command::Usage { query, target } => admin::usage(&query, &target),
-        Command::Serve { config } => {
-            let code = serve(&config_path(config));
+        Command::Serve {
+            config,
+            allow_empty,
+        } => {
+            let code = serve(&config_path(config), allow_empty);
             crate::telemetry::output::flush();
             code
         }
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+/// The refusal of a config that serves nothing.
+fn empty_refusal(path: &std::path::Path) -> String {
+    format!(
+        "{}: the config serves nothing (no models): an empty or truncated file? \
+         Pass --allow-empty if this is on purpose.",
+        path.display()
+    )
+}
+
+fn check(path: &std::path::Path, allow_empty: bool) -> ExitCode {
     match config::load_file(path) {
+        Ok(config) if config.serves_nothing() && !allow_empty => {
+            let _ = writeln!(std::io::stderr(), "{}", empty_refusal(path));
+            ExitCode::FAILURE
+        }
         Ok(config) => {
             let _ = writeln!(
                 std::io::stdout(),
@@ -96,8 +121,16 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn serve(path: &std::path::Path) -> ExitCode {
+fn serve(path: &std::path::Path, allow_empty: bool) -> ExitCode {
     let config = match config::load_file(path) {
+        Ok(config) if config.serves_nothing() && !allow_empty => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{}\nrefusing to start",
+                empty_refusal(path)
+            );
+            return ExitCode::FAILURE;
+        }
         Ok(config) => config,
         Err(problems) => {
             let _ = writeln!(
@@ -120,6 +153,10 @@ fn serve(path: &std::path::Path) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let running = crate::server::start_watching(config, path.to_path_buf()).await?;
+        running
+            .state
+            .allow_empty
+            .store(allow_empty, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(config = %path.display(), addr = %running.addr, "ready");
         crate::server::shutdown_signal().await;
         tracing::info!("shutdown requested; draining in-flight requests");

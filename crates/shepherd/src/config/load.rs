@@ -16,6 +16,12 @@ use super::yaml::{self, LineIndex, index_path, join_path};
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: usize = 10 * 1024 * 1024;
 const DEFAULT_MAX_HOPS: u32 = 5;
+/// Open client connections at most, by default.
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The largest upstream stream event, by default.
+const DEFAULT_MAX_UPSTREAM_EVENT: usize = 16 * 1024 * 1024;
+/// The largest whole upstream answer, by default (large embedding batches run to tens of MB).
+const DEFAULT_MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 
 /// Reads and validates a config file.
 pub fn load_file(path: &Path) -> Result<Config, Problems> {
@@ -238,6 +244,42 @@ impl Loader {
                 None
             }
         };
+        let c = raw.client_timeouts.unwrap_or_default();
+        let client_timeouts = ClientTimeouts {
+            header: pick(c.header, 10),
+            body: pick(c.body, 60),
+            keep_alive: pick(c.keep_alive, 75),
+        };
+        for (name, value) in [
+            ("header", client_timeouts.header),
+            ("body", client_timeouts.body),
+            ("keep_alive", client_timeouts.keep_alive),
+        ] {
+            if value.is_zero() {
+                self.problem(
+                    &format!("server.client_timeouts.{name}"),
+                    "must be greater than zero",
+                );
+            }
+        }
+        if raw.max_connections == Some(0) {
+            self.problem("server.max_connections", "must be at least 1");
+        }
+        let size = |value: Option<RawSize>, default: usize| {
+            value.map_or(default, |size| {
+                usize::try_from(size.0).unwrap_or(usize::MAX)
+            })
+        };
+        let max_upstream_event = size(raw.max_upstream_event, DEFAULT_MAX_UPSTREAM_EVENT);
+        let max_upstream_body = size(raw.max_upstream_body, DEFAULT_MAX_UPSTREAM_BODY);
+        for (name, value) in [
+            ("max_upstream_event", max_upstream_event),
+            ("max_upstream_body", max_upstream_body),
+        ] {
+            if value < 1024 {
+                self.problem(&format!("server.{name}"), "must be at least 1KiB");
+            }
+        }
         Some(ServerConfig {
             listen,
             max_body,
@@ -246,6 +288,10 @@ impl Loader {
             cors,
             max_hops: raw.max_hops.unwrap_or(DEFAULT_MAX_HOPS),
             admin_listen,
+            client_timeouts,
+            max_connections: raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_upstream_event,
+            max_upstream_body,
         })
     }
 

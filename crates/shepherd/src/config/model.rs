@@ -41,6 +41,13 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
 }
 
+impl Config {
+    /// A config with no model serves nothing (an empty or truncated file parses as one).
+    pub fn serves_nothing(&self) -> bool {
+        self.models.is_empty()
+    }
+}
+
 /// Whether answers are shared between client keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheScope {
@@ -215,6 +222,24 @@ pub struct ServerConfig {
     pub max_hops: u32,
     /// The admin API on its own address.
     pub admin_listen: Option<SocketAddr>,
+    pub client_timeouts: ClientTimeouts,
+    /// Open client connections beyond which new ones are refused with a 503.
+    pub max_connections: usize,
+    /// The largest stream event (bytes between two empty lines) taken from an upstream.
+    pub max_upstream_event: usize,
+    /// The largest whole (non-streamed) answer taken from an upstream.
+    pub max_upstream_body: usize,
+}
+
+/// How long clients may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// From a connection's opening (or a request's first byte) to its complete request head.
+    pub header: Duration,
+    /// To receive a request's whole body.
+    pub body: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub keep_alive: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -304,6 +329,9 @@ pub struct ModelConfig {
     pub fallbacks: Vec<Arc<str>>,
     /// Fall back also when the prompt is too long for the model.
     pub fallback_on_context_window: bool,
+    /// Fallbacks serve every key that may use this model (else a key only falls back to models
+    /// it may use).
+    pub fallbacks_for_all_keys: bool,
     pub canary: Option<CanaryConfig>,
     /// The price of this model, overriding the built-in catalog.
     pub price: Option<Price>,

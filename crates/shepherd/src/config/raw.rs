@@ -33,6 +33,21 @@ pub struct RawServer {
     pub max_hops: Option<u32>,
     /// The admin API on its own address (else under `/admin` on `listen`).
     pub admin_listen: Option<String>,
+    /// How long clients may take: request head, request body, idle keep-alive.
+    pub client_timeouts: Option<RawClientTimeouts>,
+    /// Open client connections beyond which new ones get a 503 and are closed.
+    pub max_connections: Option<usize>,
+    /// The largest stream event and whole answer taken from an upstream.
+    pub max_upstream_event: Option<RawSize>,
+    pub max_upstream_body: Option<RawSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientTimeouts {
+    pub header: Option<RawDuration>,
+    pub body: Option<RawDuration>,
+    pub keep_alive: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +178,8 @@ pub struct RawModel {
     pub fallbacks: Option<Vec<String>>,
     /// Also fall back when the upstream says the prompt is too long for the model.
     pub fallback_on_context_window: Option<bool>,
+    /// Fallbacks serve every key allowed this model, even keys not allowed the fallback.
+    pub fallbacks_for_all_keys: Option<bool>,
     pub canary: Option<RawCanary>,
     pub price: Option<RawPrice>,
     pub cache: Option<RawModelCache>,
@@ -350,13 +367,18 @@ pub struct RawDuration(pub std::time::Duration);
 impl<'de> Deserialize<'de> for RawDuration {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map(RawDuration)
-            .map_err(|error| {
-                serde::de::Error::custom(format!(
-                    "invalid duration `{text}` ({error}); write e.g. 500ms, 30s, 10m"
-                ))
-            })
+        let duration = humantime::parse_duration(&text).map_err(|error| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{text}` ({error}); write e.g. 500ms, 30s, 10m"
+            ))
+        })?;
+        if duration > crate::bounds::MAX_CONFIG_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "`{text}` is longer than the maximum of {}",
+                humantime::format_duration(crate::bounds::MAX_CONFIG_DURATION)
+            )));
+        }
+        Ok(RawDuration(duration))
     }
 }
 

@@ -100,6 +100,7 @@ impl Loader {
                 },
                 fallbacks,
                 fallback_on_context_window: raw.fallback_on_context_window.unwrap_or(false),
+                fallbacks_for_all_keys: raw.fallbacks_for_all_keys.unwrap_or(false),
                 canary,
             });
         }

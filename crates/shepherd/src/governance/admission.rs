@@ -253,14 +253,15 @@ impl Admission {
                 spending.period_start_ms = Some(start);
                 spending.spent = 0;
             }
-            if spending.spent + spending.reserved + estimate > budget.nano_usd {
-                let left = budget
-                    .nano_usd
-                    .saturating_sub(spending.spent + spending.reserved);
+            // Spent (or reserved) to the limit: refused even for a model without a price.
+            let committed = spending.spent.saturating_add(spending.reserved);
+            if committed >= budget.nano_usd || committed.saturating_add(estimate) > budget.nano_usd
+            {
+                let left = budget.nano_usd.saturating_sub(committed);
                 drop(spending);
                 return Err(ApiError::budget_exhausted(&budget, left, estimate));
             }
-            spending.reserved += estimate;
+            spending.reserved = spending.reserved.saturating_add(estimate);
             drop(spending);
             admission.cost_reserved = estimate;
             admission.budget_period_start = Some(start);
@@ -287,7 +288,7 @@ impl Admission {
             let mut spending = self.state.spending();
             spending.reserved = spending.reserved.saturating_sub(self.cost_reserved);
             if spending.period_start_ms == self.budget_period_start {
-                spending.spent += cost;
+                spending.spent = spending.spent.saturating_add(cost);
             }
         }
         self.release_slot();

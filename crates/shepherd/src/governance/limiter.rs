@@ -79,7 +79,7 @@ impl Gcra {
         let now = Instant::now();
         self.with(|tat| {
             let base = tat.map_or(now, |tat| tat.max(now));
-            let next = base + interval(rate, cost);
+            let next = crate::bounds::later(base, interval(rate, cost));
             let capacity = interval(rate, rate.burst);
             let ahead = next.saturating_duration_since(now);
             if ahead > capacity {
@@ -110,7 +110,7 @@ impl Gcra {
         let now = Instant::now();
         self.with(|tat| {
             let base = tat.map_or(now, |tat| tat.max(now));
-            *tat = Some(base + interval(rate, units));
+            *tat = Some(crate::bounds::later(base, interval(rate, units)));
         });
     }
 

@@ -11,6 +11,7 @@ use super::Governance;
 use super::admission::now_ms;
 use super::keys::{self, Hasher};
 use super::pricing::usd;
+use crate::bounds;
 use crate::config::BudgetPeriod;
 use crate::store::{GroupBy, KeyStore, StoredKey, UsageQuery, UsageRow};
 
@@ -133,15 +134,19 @@ fn apply(spec: KeySpec, key: &mut StoredKey, now: i64) -> Result<(), ManageError
         (Some(Some(at)), None) => {
             let time = humantime::parse_rfc3339_weak(&at)
                 .map_err(|_| invalid(format!("`expires_at` `{at}` is not an RFC 3339 time")))?;
-            key.expires_at = Some(unix(time));
+            let at_seconds = unix(time);
+            if at_seconds > now.saturating_add(bounds::seconds(bounds::MAX_KEY_LIFETIME)) {
+                return Err(invalid(format!(
+                    "`expires_at` `{at}` is more than {} ahead",
+                    humantime::format_duration(bounds::MAX_KEY_LIFETIME)
+                )));
+            }
+            key.expires_at = Some(at_seconds);
         }
         (None, Some(duration)) => {
-            let span = humantime::parse_duration(&duration).map_err(|_| {
-                invalid(format!(
-                    "`expires_in` `{duration}` is not a duration (e.g. 30d)"
-                ))
-            })?;
-            key.expires_at = Some(now + i64::try_from(span.as_secs()).unwrap_or(i64::MAX / 2));
+            let span = bounds::duration("expires_in", &duration, bounds::MAX_KEY_LIFETIME)
+                .map_err(invalid)?;
+            key.expires_at = Some(now.saturating_add(bounds::seconds(span)));
         }
         (None, None) => {}
     }
@@ -173,8 +178,7 @@ fn unix(time: std::time::SystemTime) -> i64 {
 }
 
 fn rfc3339(seconds: i64) -> String {
-    let time = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
-    humantime::format_rfc3339_seconds(time).to_string()
+    bounds::rfc3339(seconds)
 }
 
 /// A key as the admin API and the CLI show it: never a secret or its hash.
@@ -292,7 +296,13 @@ pub fn rotate(
         &mut key.secret_hash,
         hasher.hash(&fresh.secret),
     ));
-    key.previous_until = Some(now + i64::try_from(overlap.as_secs()).unwrap_or(i64::MAX / 2));
+    if overlap > bounds::MAX_ROTATION_OVERLAP {
+        return Err(ManageError::Invalid(format!(
+            "`overlap` is longer than the maximum of {}",
+            humantime::format_duration(bounds::MAX_ROTATION_OVERLAP)
+        )));
+    }
+    key.previous_until = Some(now.saturating_add(bounds::seconds(overlap)));
     key.updated_at = now;
     store
         .save_key(&key)

@@ -62,10 +62,11 @@ pub fn cost(price: &Price, usage: &Usage) -> u64 {
         .input
         .saturating_sub(usage.cache_read)
         .saturating_sub(usage.cache_write);
-    uncached * price.input
-        + usage.cache_read * price.cached_input
-        + usage.cache_write * price.cache_write
-        + usage.output * price.output
+    uncached
+        .saturating_mul(price.input)
+        .saturating_add(usage.cache_read.saturating_mul(price.cached_input))
+        .saturating_add(usage.cache_write.saturating_mul(price.cache_write))
+        .saturating_add(usage.output.saturating_mul(price.output))
 }
 
 /// Nano-dollars as dollars, for display.

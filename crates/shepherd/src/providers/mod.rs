@@ -119,6 +119,11 @@ pub struct Provider {
     keys: Vec<Arc<Health>>,
     /// The registry names of the keys.
     key_labels: Vec<String>,
+    /// Per key: when it was last refused (401/403/quota) or probed after a refusal; `None`
+    /// for keys not out for a refusal (a 429's Retry-After is waited out, never probed).
+    refused_at: std::sync::Mutex<Vec<Option<tokio::time::Instant>>>,
+    /// Some key was refused since the last request served (spares the lock per request).
+    any_refused: std::sync::atomic::AtomicBool,
     pub health_check: Option<HealthCheckConfig>,
 }
 
@@ -165,15 +170,78 @@ impl Provider {
             sent: AtomicU64::new(0),
             keys: key_labels.iter().map(|label| registry.get(label)).collect(),
             key_labels,
+            refused_at: std::sync::Mutex::new(Vec::new()),
+            any_refused: std::sync::atomic::AtomicBool::new(false),
             health_check: config.health_check,
         })
     }
 
-    /// Picks an upstream key round-robin, skipping keys whose breaker is open.
-    pub fn pick_key(&self, cooldown: std::time::Duration) -> KeyChoice {
+    /// Picks an upstream key round-robin, skipping keys whose breaker is open. When every key
+    /// is out (one refused 401 benches a provider's only key for `key_cooldown`), one request
+    /// per `probe_every` is let through with the key that comes back first, so a key that works
+    /// again is found without waiting out the whole cool-down.
+    pub fn pick_key(
+        &self,
+        cooldown: std::time::Duration,
+        probe_every: std::time::Duration,
+    ) -> KeyChoice {
         if self.keys.is_empty() {
             return KeyChoice::None;
         }
+        match self.pick_open_key(cooldown) {
+            KeyChoice::Exhausted(until) => self
+                .probe_key(probe_every)
+                .unwrap_or(KeyChoice::Exhausted(until)),
+            choice => choice,
+        }
+    }
+
+    fn refused_at(&self) -> std::sync::MutexGuard<'_, Vec<Option<tokio::time::Instant>>> {
+        let mut refused = match self.refused_at.lock() {
+            Ok(refused) => refused,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        refused.resize(self.keys.len(), None);
+        refused
+    }
+
+    /// Key `index` was refused: it is out for `key_cooldown`, probed at most once a period.
+    pub fn key_refused(&self, index: usize) {
+        if let Some(at) = self.refused_at().get_mut(index) {
+            *at = Some(tokio::time::Instant::now());
+            self.any_refused.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Key `index` served a request.
+    pub fn key_served(&self, index: usize) {
+        if !self.any_refused.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut refused = self.refused_at();
+        if let Some(at) = refused.get_mut(index) {
+            *at = None;
+        }
+        if refused.iter().all(Option::is_none) {
+            self.any_refused.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// One probe through a provider whose keys are all out of rotation: a key out for a
+    /// refusal, refused (or probed) at least `every` ago.
+    fn probe_key(&self, every: std::time::Duration) -> Option<KeyChoice> {
+        let now = tokio::time::Instant::now();
+        let mut refused = self.refused_at();
+        let index = refused
+            .iter()
+            .position(|at| at.is_some_and(|at| now.saturating_duration_since(at) >= every))?;
+        refused[index] = Some(now);
+        tracing::info!(provider = %self.name, key = %self.key_labels[index],
+                       "every upstream key is out of rotation; probing a refused one");
+        Some(KeyChoice::Key(index))
+    }
+
+    fn pick_open_key(&self, cooldown: std::time::Duration) -> KeyChoice {
         let start = self.sent.fetch_add(1, Ordering::Relaxed);
         let count = self.keys.len() as u64;
         let mut earliest: Option<tokio::time::Instant> = None;

@@ -11,12 +11,20 @@ use crate::config::CanaryRule;
 /// The request header that asks for (or declines) the canary under `by: header`.
 pub const CANARY_HEADER: &str = "x-shepherd-canary";
 
-/// Who is asking, as far as canary rules care.
+/// Who is asking, as far as canary rules and fallbacks care.
 #[derive(Debug, Clone, Copy)]
 pub struct Requester<'a> {
     pub key_name: &'a str,
+    /// The models the key may use (fallbacks it may not use are skipped).
+    pub key_models: &'a [crate::config::ModelPattern],
     pub headers: &'a HeaderMap,
     pub client_ip: Option<IpAddr>,
+}
+
+impl Requester<'_> {
+    pub fn may_use(&self, model: &str) -> bool {
+        self.key_models.iter().any(|pattern| pattern.matches(model))
+    }
 }
 
 /// Buckets a key falls into: shares are exact to 1/10,000.
@@ -57,12 +65,20 @@ fn key_hash(name: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn all_models() -> [crate::config::ModelPattern; 1] {
+        [crate::config::ModelPattern::new("*".to_owned())]
+    }
     use crate::config::{Cidr, ModelPattern};
     use axum::http::HeaderValue;
+
+    static ALL: std::sync::LazyLock<[ModelPattern; 1]> =
+        std::sync::LazyLock::new(|| [ModelPattern::new("*".to_owned())]);
 
     fn requester<'a>(key_name: &'a str, headers: &'a HeaderMap) -> Requester<'a> {
         Requester {
             key_name,
+            key_models: &*ALL,
             headers,
             client_ip: None,
         }
@@ -119,11 +135,13 @@ mod tests {
 
         let ips = CanaryRule::Ips(vec![Cidr::parse("10.0.0.0/8").unwrap()]);
         let inside = Requester {
+            key_models: &all_models(),
             key_name: "k",
             headers: &headers,
             client_ip: "10.9.8.7".parse().ok(),
         };
         let outside = Requester {
+            key_models: &all_models(),
             key_name: "k",
             headers: &headers,
             client_ip: "192.168.0.1".parse().ok(),

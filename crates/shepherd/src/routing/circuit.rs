@@ -184,7 +184,7 @@ impl Breaker {
     /// Opens the breaker for `duration` at once (an upstream said when to come back, or
     /// refused the key).
     pub fn open_for(&self, duration: Duration) {
-        let until = Instant::now() + duration;
+        let until = crate::bounds::later(Instant::now(), duration);
         self.with_state(|state| {
             let later = match state.phase {
                 Phase::Open { until: current } => current.max(until),

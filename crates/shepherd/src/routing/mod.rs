@@ -39,6 +39,8 @@ struct Route {
     canary: Option<(CanaryRule, Pool)>,
     fallbacks: Vec<Arc<str>>,
     fallback_on_context_window: bool,
+    /// Fallbacks serve every key that may use this model, even keys not allowed the fallback.
+    fallbacks_for_all_keys: bool,
     cache: Option<crate::config::ModelCache>,
 }
 
@@ -122,6 +124,7 @@ impl ModelTable {
                     canary,
                     fallbacks: model.fallbacks.clone(),
                     fallback_on_context_window: model.fallback_on_context_window,
+                    fallbacks_for_all_keys: model.fallbacks_for_all_keys,
                     cache: model.cache,
                 },
             );
@@ -208,6 +211,11 @@ impl ModelTable {
             })
             .collect();
         for fallback in &route.fallbacks {
+            // A key only reaches the models it may use (data residency), unless the model says
+            // its fallbacks serve everyone.
+            if !route.fallbacks_for_all_keys && !requester.may_use(fallback) {
+                continue;
+            }
             if let Some((alias, route)) = self.routes.get_key_value(fallback) {
                 candidates.extend(
                     route
@@ -260,6 +268,10 @@ pub fn test_deployment(name: &str, weight: u32) -> Arc<Deployment> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn all_models() -> [crate::config::ModelPattern; 1] {
+        [crate::config::ModelPattern::new("*".to_owned())]
+    }
     use axum::http::HeaderMap;
 
     #[test]
@@ -278,6 +290,7 @@ models:
         let table = ModelTable::new(&config, &Registry::default()).unwrap();
         let headers = HeaderMap::new();
         let stable = Requester {
+            key_models: &all_models(),
             key_name: "svc",
             headers: &headers,
             client_ip: None,
@@ -296,6 +309,7 @@ models:
         assert_eq!(&*plan.candidates[2].model, "spare");
 
         let beta = Requester {
+            key_models: &all_models(),
             key_name: "beta-svc",
             headers: &headers,
             client_ip: None,

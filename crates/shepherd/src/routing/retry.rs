@@ -48,24 +48,31 @@ pub fn backoff(policy: &RetryConfig, retry: u32) -> Duration {
     ceiling.mul_f64(fastrand::f64())
 }
 
-/// The upstream's `retry-after-ms` or `retry-after` (seconds or an HTTP date), if any.
+/// The upstream's `retry-after-ms` or `retry-after` (seconds or an HTTP date), if any; at most
+/// `bounds::MAX_UPSTREAM_RETRY_AFTER` (an upstream cannot bench a deployment for years).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(millis) = headers
+    let cap = crate::bounds::MAX_UPSTREAM_RETRY_AFTER;
+    let seconds = |value: f64| {
+        (value.is_finite() && value >= 0.0)
+            .then(|| Duration::try_from_secs_f64(value).unwrap_or(cap).min(cap))
+    };
+    if let Some(wait) = headers
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .and_then(|ms| seconds(ms / 1000.0))
     {
-        return Some(Duration::from_secs_f64(millis / 1000.0));
+        return Some(wait);
     }
     let value = headers.get("retry-after")?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+    if let Ok(value) = value.parse::<f64>() {
+        return seconds(value);
     }
     let date = httpdate::parse_http_date(value).ok()?;
     Some(
         date.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
+            .unwrap_or(Duration::ZERO)
+            .min(cap),
     )
 }
 
@@ -139,5 +146,13 @@ mod tests {
         assert_eq!(retry_after(&headers), Some(Duration::ZERO));
         headers.insert("retry-after", HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&headers), None);
+        // A hostile or broken upstream cannot overflow a duration or bench a deployment for ever.
+        let day = crate::bounds::MAX_UPSTREAM_RETRY_AFTER;
+        for huge in ["1e30", "18446744073709551615", "99999999999999"] {
+            headers.insert("retry-after", HeaderValue::from_static(huge));
+            assert_eq!(retry_after(&headers), Some(day), "{huge}");
+        }
+        headers.insert("retry-after-ms", HeaderValue::from_static("1e300"));
+        assert_eq!(retry_after(&headers), Some(day));
     }
 }

@@ -6,6 +6,7 @@
 //! protocol when raised outside a handler) -> panic guard (a panic becomes a 500) -> routes.
 
 mod edge;
+pub mod listener;
 mod reload;
 
 use std::net::SocketAddr;
@@ -17,7 +18,6 @@ use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -122,16 +122,17 @@ fn cors_layer(config: &CorsConfig) -> CorsLayer {
 pub struct Running {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
-    stop: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Running {
-    /// Begins a graceful shutdown: readiness turns 503, the listener closes, in-flight
-    /// requests and streams get `shutdown_grace` to finish.
+    /// Begins a graceful shutdown: readiness turns 503 (probes keep being answered), answers
+    /// say `connection: close`, and in-flight requests and streams get `shutdown_grace` to
+    /// finish; streams still running then end with an error event, their usage recorded.
     pub fn shutdown(&self) {
         self.state.draining.store(true, Ordering::Relaxed);
-        let _ = self.stop.send(true);
+        let _ = self.shutdown.send(true);
     }
 
     /// Waits until the server has stopped.
@@ -153,65 +154,99 @@ pub async fn start_watching(config: Config, path: PathBuf) -> std::io::Result<Ru
     start_from(config, Some(path)).await
 }
 
+/// After the grace period, how long streams get to send their error event and end.
+const FINAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Running> {
     let listen = config.server.listen;
     let grace = config.server.shutdown_grace;
+    let limits = listener::Limits {
+        timeouts: config.server.client_timeouts,
+        max_connections: config.server.max_connections,
+    };
     let state = Arc::new(AppState::new(config, path.clone()).map_err(std::io::Error::other)?);
+    let (stop, stopped) = watch::channel(false);
+    let lifecycle = listener::Lifecycle {
+        draining: state.draining.clone(),
+        active: state.active_requests.clone(),
+        stop: stopped,
+    };
     let watcher = path.map(|path| reload::watch(state.clone(), path));
     let refresher = refresh_keys(state.clone());
-    let admin_task = match state.runtime().config.server.admin_listen {
-        Some(admin_addr) => Some(serve_admin(state.clone(), admin_addr).await?),
-        None => None,
-    };
+    let mut listeners = Vec::new();
+    if let Some(admin_addr) = state.runtime().config.server.admin_listen {
+        let listener = TcpListener::bind(admin_addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "admin API listening");
+        let router = admin_app(state.clone());
+        listeners.push(tokio::spawn(listener::serve(
+            listener,
+            router,
+            limits,
+            lifecycle.clone(),
+        )));
+    }
     let telemetry = state.runtime().config.telemetry.clone();
-    let metrics_task = match (telemetry.metrics, telemetry.metrics_listen) {
-        (true, Some(metrics_addr)) => Some(serve_metrics(state.clone(), metrics_addr).await?),
-        _ => None,
-    };
+    if let (true, Some(metrics_addr)) = (telemetry.metrics, telemetry.metrics_listen) {
+        let listener = TcpListener::bind(metrics_addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+        let router = Router::new()
+            .route("/metrics", get(health::metrics))
+            .fallback(health::unknown_route)
+            .with_state(state.clone());
+        listeners.push(tokio::spawn(listener::serve(
+            listener,
+            router,
+            limits,
+            lifecycle.clone(),
+        )));
+    }
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let (stop, stopped) = watch::channel(false);
-    let app = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let mut graceful_signal = stopped.clone();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful_signal.wait_for(|stop| *stop).await;
-    });
+    listeners.push(tokio::spawn(listener::serve(
+        listener,
+        app(state.clone()),
+        limits,
+        lifecycle,
+    )));
+    let (shutdown, mut shutdown_requested) = watch::channel(false);
     let closing = state.clone();
-    let closing_traces = state.traces.clone();
     let task = tokio::spawn(async move {
         let _stop_watching = watcher.map(AbortOnDrop);
         let _stop_refreshing = AbortOnDrop(refresher);
-        let _stop_admin = admin_task.map(AbortOnDrop);
-        let _stop_metrics = metrics_task.map(AbortOnDrop);
-        let _close_ledger = CloseLedger(closing);
-        let mut grace_signal = stopped;
-        let grace_over = async move {
-            let _ = grace_signal.wait_for(|stop| *stop).await;
-            tokio::time::sleep(grace).await;
-        };
-        let served = tokio::select! {
-            result = serve.into_future() => result,
-            () = grace_over => {
-                tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining connections");
-                Ok(())
-            }
-        };
-        if let Some(traces) = closing_traces {
+        let _close_ledger = CloseLedger(closing.clone());
+        let _ = shutdown_requested.wait_for(|requested| *requested).await;
+        let active = closing.active_requests.clone();
+        if tokio::time::timeout(grace, idle(&active)).await.is_err() {
+            let running = active.load(Ordering::Relaxed);
+            tracing::warn!(grace = ?grace, running,
+                           "shutdown grace period over; ending the remaining streams with an error event");
+            let _ = closing.end_streams.send(true);
+            let _ = tokio::time::timeout(FINAL_WINDOW, idle(&active)).await;
+        }
+        let _ = stop.send(true);
+        for listener in listeners {
+            let _ = listener.await;
+        }
+        if let Some(traces) = closing.traces.clone() {
             // Sends the last spans; blocking, so off the runtime's workers.
             let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
         }
-        served
+        Ok(())
     });
     tracing::info!(%addr, "shepherd listening");
     Ok(Running {
         addr,
         state,
-        stop,
+        shutdown,
         task,
     })
+}
+
+/// Waits until no request is in flight.
+async fn idle(active: &std::sync::atomic::AtomicUsize) {
+    while active.load(Ordering::Acquire) > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Reads virtual keys from the store every few seconds (keys changed by `shepherd keys` or by
@@ -232,48 +267,15 @@ fn refresh_keys(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Serves the admin API alone on its own address.
-async fn serve_admin(
-    state: Arc<AppState>,
-    addr: SocketAddr,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "admin API listening");
-    let app = crate::api::admin::router(state.clone())
+/// The admin API alone, for its own listener.
+fn admin_app(state: Arc<AppState>) -> Router {
+    crate::api::admin::router(state.clone())
         .fallback(health::unknown_route)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             edge::edge,
         ))
-        .with_state(state);
-    Ok(tokio::spawn(async move {
-        if let Err(error) = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        {
-            tracing::error!(%error, "admin listener failed");
-        }
-    }))
-}
-
-/// Serves `/metrics` alone on its own address.
-async fn serve_metrics(
-    state: Arc<AppState>,
-    addr: SocketAddr,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
-    let app = Router::new()
-        .route("/metrics", get(health::metrics))
-        .fallback(health::unknown_route)
-        .with_state(state);
-    Ok(tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "metrics listener failed");
-        }
-    }))
+        .with_state(state)
 }
 
 /// Flushes and stops the usage ledger's writer when the server stops.

@@ -284,7 +284,20 @@ pub struct Usage {
 
 impl Usage {
     pub fn total(&self) -> u64 {
-        self.input + self.output
+        self.input.saturating_add(self.output)
+    }
+
+    /// The counts within what one request can plausibly use (`bounds::MAX_REPORTED_TOKENS`):
+    /// an upstream reporting absurd numbers cannot overflow sums, budgets or reports.
+    pub fn clamped(self) -> Usage {
+        let cap = |n: u64| n.min(crate::bounds::MAX_REPORTED_TOKENS);
+        Usage {
+            input: cap(self.input),
+            cache_read: cap(self.cache_read),
+            cache_write: cap(self.cache_write),
+            output: cap(self.output),
+            reasoning: cap(self.reasoning),
+        }
     }
 }
 

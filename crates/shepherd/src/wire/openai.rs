@@ -42,6 +42,74 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
+/// How deep a request body may nest (serde's own limit when it builds values; unknown fields
+/// pass through unparsed, so the limit is checked here for every request).
+const MAX_NESTING: usize = 128;
+
+/// Whether `body` nests arrays and objects deeper than `limit` (strings skipped). Cheap for
+/// ordinary bodies: it only walks the bytes when there are more brackets than `limit`.
+fn nesting_exceeds(body: &[u8], limit: usize) -> bool {
+    if memchr::memchr2_iter(b'[', b'{', body)
+        .take(limit + 1)
+        .count()
+        <= limit
+    {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in body {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// A client's output token limit: a positive integer up to `bounds::MAX_OUTPUT_TOKENS` (the
+/// admission reserves it; nothing may wrap), or absent / null.
+fn output_limit(field: &str, raw: Option<&RawValue>) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = raw.filter(|raw| raw.get() != "null") else {
+        return Ok(None);
+    };
+    match raw.get().parse::<u64>() {
+        Ok(n) if (1..=crate::bounds::MAX_OUTPUT_TOKENS).contains(&n) => Ok(Some(n)),
+        Ok(0) => Err(ApiError::invalid_field(field, "must be at least 1")),
+        Ok(_) => Err(ApiError::invalid_field(
+            field,
+            &format!("must be at most {}", crate::bounds::MAX_OUTPUT_TOKENS),
+        )),
+        Err(_) if raw.get().trim_start().starts_with('-') || raw.get().parse::<f64>().is_ok() => {
+            Err(ApiError::invalid_field(
+                field,
+                &format!(
+                    "expected an integer from 1 to {}",
+                    crate::bounds::MAX_OUTPUT_TOKENS
+                ),
+            ))
+        }
+        Err(_) => Err(ApiError::invalid_field(field, "expected an integer")),
+    }
+}
+
 impl RequestHead {
     /// Parses the head of a request body, with errors that name the field at fault.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
@@ -50,6 +118,11 @@ impl RequestHead {
             return Err(ApiError::invalid_json(
                 "the body must be a JSON object (Content-Type: application/json)",
             ));
+        }
+        if nesting_exceeds(body, MAX_NESTING) {
+            return Err(ApiError::invalid_json(&format!(
+                "the body is nested more than {MAX_NESTING} levels deep"
+            )));
         }
         let raw: RawHead<'_> = serde_json::from_slice(body).map_err(|error| {
             let text = error.to_string();
@@ -91,8 +164,10 @@ impl RequestHead {
                 )
             }
         };
-        let number = |raw: Option<&RawValue>| raw.and_then(|raw| raw.get().parse::<u64>().ok());
-        let max_output = number(raw.max_completion_tokens).or(number(raw.max_tokens));
+        let max_output = match output_limit("max_completion_tokens", raw.max_completion_tokens)? {
+            Some(max) => Some(max),
+            None => output_limit("max_tokens", raw.max_tokens)?,
+        };
         let start = offset_in(body, model_raw.get().as_bytes());
         Ok(RequestHead {
             model,
@@ -178,6 +253,17 @@ fn offset_in(whole: &[u8], part: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_nesting_is_refused_and_strings_do_not_count() {
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        assert!(nesting_exceeds(deep.as_bytes(), 128));
+        let quoted = format!("{{\"a\":\"{}\"}}", "[".repeat(200));
+        assert!(!nesting_exceeds(quoted.as_bytes(), 128));
+        let flat = format!("{{\"a\":[{}1]}}", "[1],".repeat(300));
+        assert!(!nesting_exceeds(flat.as_bytes(), 128));
+        assert!(RequestHead::parse(deep.as_bytes()).is_err());
+    }
 
     #[test]
     fn head_and_rewrite_keep_other_bytes() {

@@ -61,3 +61,28 @@ keys:
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn an_empty_config_serves_nothing_and_is_refused_unless_on_purpose() {
+    let empty = temp_file("empty.yaml", "");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_shepherd"))
+            .args(args)
+            .arg("--config")
+            .arg(&empty.path)
+            .output()
+            .unwrap()
+    };
+    let output = run(&["check"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("serves nothing"), "{stderr}");
+    assert!(run(&["check", "--allow-empty"]).status.success());
+    let output = run(&["serve"]);
+    assert!(!output.status.success(), "an empty config does not start");
+    assert!(
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .contains("serves nothing")
+    );
+}

@@ -1,8 +1,10 @@
 //! Black-box tests of the real server (router, lifecycle, binary) against mock-upstream.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod bad_input;
 mod cache;
 mod check;
+mod client_limits;
 mod common;
 mod conformance;
 mod errors;

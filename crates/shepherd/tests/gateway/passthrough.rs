@@ -181,7 +181,8 @@ async fn model_list_shows_only_the_keys_models() {
             "local-mock",
             "claude-x",
             "gemini-x",
-            "gemini-embed"
+            "gemini-embed",
+            "cached-gpt"
         ]
     );
     let limited = h

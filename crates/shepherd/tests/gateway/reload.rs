@@ -152,3 +152,60 @@ async fn breaker_state_survives_a_reload_of_unchanged_deployments() {
         "still open after the reload"
     );
 }
+
+#[tokio::test]
+async fn an_empty_or_keyless_file_is_not_applied_on_a_file_event() {
+    let mock = MockUpstream::start().await.unwrap();
+    let file = temp_file("shepherd.yaml", &config(&mock, "", 1));
+    let loaded = shepherd::config::load_file(&file.path).unwrap();
+    let server = shepherd::server::start_watching(loaded, file.path.clone())
+        .await
+        .unwrap();
+    let addr = server.addr;
+    let client = test_client();
+    let works = || async {
+        client
+            .get(format!("http://{addr}/v1/models"))
+            .bearer_auth(CLIENT_KEY)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    // An editor's save: the file is truncated first, then written. Truncated and left empty,
+    // it is refused (it serves nothing), and clients keep their keys.
+    std::fs::write(&file.path, "").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(works().await, 200);
+    assert!(
+        server.state.reloads.failed.load(Ordering::Relaxed) >= 1,
+        "failed {} succeeded {}",
+        server.state.reloads.failed.load(Ordering::Relaxed),
+        server.state.reloads.succeeded.load(Ordering::Relaxed)
+    );
+    // Truncated then written within the debounce: one good reload, no failure in between.
+    let failed_before = server.state.reloads.failed.load(Ordering::Relaxed);
+    let succeeded_before = server.state.reloads.succeeded.load(Ordering::Relaxed);
+    std::fs::write(&file.path, "").unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    std::fs::write(&file.path, config(&mock, "", 2)).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        server.state.reloads.failed.load(Ordering::Relaxed),
+        failed_before
+    );
+    assert_eq!(
+        server.state.reloads.succeeded.load(Ordering::Relaxed),
+        succeeded_before + 1
+    );
+    // A change that removes every key: refused on the file event (clients keep working), applied
+    // by a SIGHUP.
+    let keyless =
+        config(&mock, "", 1).replace(&format!("keys: [{{name: svc, key: {CLIENT_KEY}}}]\n"), "");
+    assert!(!keyless.contains("keys:"));
+    std::fs::write(&file.path, keyless).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(works().await, 200, "a file event does not remove every key");
+    server.state.reload().unwrap();
+    assert_eq!(works().await, 401, "a SIGHUP does");
+}

@@ -1,4 +1,5 @@
-//! The real binary: SIGTERM stops accepting new work while an in-flight stream finishes.
+//! The real binary: SIGTERM drains in-flight streams while probes answer 503; streams still
+//! running when the grace period ends get an error event and a ledger record.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -93,12 +94,23 @@ async fn sigterm_drains_in_flight_streams_and_refuses_new_work() {
         .unwrap();
     assert!(killed.success());
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Draining: probes are still answered (load balancers must see readiness fail, not a
+    // refused connection), and answers ask clients to close their connections.
     let fresh = test_client();
-    let refused = fresh.get(format!("http://{addr}/healthz")).send().await;
-    assert!(
-        refused.is_err(),
-        "new connections must be refused while draining"
-    );
+    let ready = fresh
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.headers()["connection"], "close");
+    assert_eq!(json_of(ready).await["status"], "draining");
+    let alive = fresh
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alive.status(), 200);
 
     let mut rest = Vec::new();
     while let Some(data) = events.next_data().await {
@@ -150,4 +162,100 @@ async fn sigterm_drains_in_flight_streams_and_refuses_new_work() {
             .iter()
             .any(|l| l.contains(CLIENT_KEY) || l.contains(UPSTREAM_KEY))
     );
+}
+
+/// Starts the real binary on `yaml`; returns it and the address it listens on.
+async fn spawn_binary(
+    config: &TempFile,
+) -> (
+    KillOnDrop,
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_shepherd"))
+            .args(["serve", "--config"])
+            .arg(&config.path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if entry["message"] == "ready" {
+            break entry["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    (child, addr, lines)
+}
+
+#[tokio::test]
+async fn streams_past_the_grace_end_with_an_error_event_and_their_usage_is_recorded() {
+    let mock = MockUpstream::start().await.unwrap();
+    let yaml = config_yaml(&mock.base_url(), "")
+        .replace("shutdown_grace: 10s", "shutdown_grace: 1s")
+        .replace("log_level: warn", "log_level: info");
+    let config = temp_file("shepherd.yaml", &yaml);
+    let (mut child, addr, _lines) = spawn_binary(&config).await;
+    let client = test_client();
+    let mut streams = Vec::new();
+    for n in 0..5 {
+        let response = client
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-mock-chunks", "60")
+            .header("x-mock-chunk-delay-ms", "100")
+            .body(
+                json!({"model": "gpt-4.1", "stream": true,
+                       "messages": [{"role": "user", "content": format!("long story {n}")}]})
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let mut events = EventReader::new(response);
+        events.next_data().await.unwrap();
+        streams.push(events);
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for mut events in streams {
+        let mut last = None;
+        while let Some(data) = events.next_data().await {
+            last = Some(data);
+        }
+        let last: serde_json::Value = serde_json::from_str(&last.unwrap()).unwrap();
+        assert_eq!(last["error"]["code"], "server_shutting_down", "{last}");
+    }
+    let status = tokio::task::spawn_blocking(move || child.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    // Every stream has its ledger record, with the usage it had so far.
+    let database = config.path.parent().unwrap().join("shepherd.db");
+    let store =
+        shepherd::store::sqlite::SqliteStore::open(&shepherd::config::Database::Sqlite(database))
+            .unwrap();
+    let rows = shepherd::store::UsageStore::report(&store, &shepherd::store::UsageQuery::default())
+        .unwrap();
+    let requests: u64 = rows.iter().map(|r| r.requests).sum();
+    assert_eq!(requests, 5, "{rows:?}");
+    let completion: u64 = rows.iter().map(|r| r.completion_tokens).sum();
+    assert!(completion > 0, "usage so far is recorded: {rows:?}");
 }

@@ -52,6 +52,9 @@ models:
     deployments: [{{provider: gem, model: gemini-2.5-flash}}]
   gemini-embed:
     deployments: [{{provider: gem, model: text-embedding-004}}]
+  cached-gpt:
+    deployments: [{{provider: up, model: upstream-gpt-4.1}}]
+    cache: {{ttl: 1h}}
 keys:
   - {{name: all-models, key: {CLIENT_KEY}}}
   - {{name: limited, key: {LIMITED_KEY}, models: ['local-*']}}
