@@ -32,9 +32,15 @@ pub struct Behavior {
     pub malformed_after: Option<usize>,
     /// Add a `Retry-After` header with this value.
     pub retry_after: Option<String>,
-    /// Error bodies include the received upstream key ("Incorrect API key provided: <key>...").
-    /// Without an explicit `status`, this implies status 401.
+    /// Error bodies include the received upstream key ("Incorrect API key provided: <key>..."),
+    /// and error answers carry it in `www-authenticate` and `x-mock-echo` headers. Without an
+    /// explicit `status`, this implies status 401.
     pub echo_key: bool,
+    /// With `echo_key`: the key in the body is JSON-escaped (`-` as `\u002d`, `/` as `\/`), as
+    /// some servers write strings (header `x-mock-echo-key: escaped`).
+    pub echo_escaped: bool,
+    /// Answer 200 with exactly these bytes as a `text/event-stream` (server-wide only).
+    pub sse_body: Option<String>,
     /// Stream: after N content chunks, send the protocol's in-stream error event (OpenAI
     /// `data: {"error":…}`, Anthropic `event: error` with `overloaded_error`, Gemini
     /// `data: {"error":…}` with `UNAVAILABLE`) and end the stream cleanly.
@@ -122,6 +128,10 @@ impl Behavior {
                     out.malformed_after = Some(value.parse().map_err(|_| bad())?);
                 }
                 HEADER_RETRY_AFTER => out.retry_after = Some(value.to_owned()),
+                HEADER_ECHO_KEY if value.eq_ignore_ascii_case("escaped") => {
+                    out.echo_key = true;
+                    out.echo_escaped = true;
+                }
                 HEADER_ECHO_KEY => out.echo_key = parse_bool(value).ok_or_else(bad)?,
                 HEADER_STREAM_ERROR_AFTER => {
                     out.stream_error_after = Some(value.parse().map_err(|_| bad())?);
@@ -177,6 +187,8 @@ impl Behavior {
                     });
                 }
                 "echo_key" => out.echo_key = v.as_bool().ok_or_else(bad)?,
+                "echo_escaped" => out.echo_escaped = v.as_bool().ok_or_else(bad)?,
+                "sse_body" => out.sse_body = Some(v.as_str().ok_or_else(bad)?.to_owned()),
                 "stream_error_after" => {
                     out.stream_error_after = Some(json_usize(v).ok_or_else(bad)?);
                 }
@@ -217,6 +229,8 @@ impl Behavior {
         );
         m.insert("retry_after".into(), self.retry_after.clone().into());
         m.insert("echo_key".into(), self.echo_key.into());
+        m.insert("echo_escaped".into(), self.echo_escaped.into());
+        m.insert("sse_body".into(), self.sse_body.clone().into());
         m.insert(
             "stream_error_after".into(),
             self.stream_error_after.map(|c| c as u64).into(),

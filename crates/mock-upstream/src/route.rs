@@ -61,15 +61,33 @@ impl Protocol {
 
     fn injected(self, status: u16, parts: &Parts, behavior: &Behavior) -> Response<MockBody> {
         let key = behavior.echo_key.then(|| upstream_key(self, parts));
-        let key = key.as_deref();
-        match self {
-            Protocol::OpenAi => openai::ApiError::injected(status, key).into_response(),
-            Protocol::Anthropic => anthropic::ApiError::injected(status, key).into_response(),
+        let echoed = key.as_deref();
+        let mut resp = match self {
+            Protocol::OpenAi => openai::ApiError::injected(status, echoed).into_response(),
+            Protocol::Anthropic => anthropic::ApiError::injected(status, echoed).into_response(),
             Protocol::Gemini => {
-                gemini::ApiError::injected(status, key, behavior.retry_after.as_deref())
+                gemini::ApiError::injected(status, echoed, behavior.retry_after.as_deref())
                     .into_response()
             }
+        };
+        if let Some(key) = key {
+            if behavior.echo_escaped {
+                if let MockBody::Full(Some(bytes)) = resp.body_mut() {
+                    let text = String::from_utf8_lossy(bytes).replace(&key, &json_escaped(&key));
+                    *bytes = Bytes::from(text);
+                }
+            }
+            let headers = resp.headers_mut();
+            if let Ok(value) = HeaderValue::from_str(&format!(
+                "Bearer realm=\"mock\", error=\"invalid_token\", key=\"{key}\""
+            )) {
+                headers.insert(hyper::header::WWW_AUTHENTICATE, value);
+            }
+            if let Ok(value) = HeaderValue::from_str(&format!("key={key}")) {
+                headers.insert("x-mock-echo", value);
+            }
         }
+        resp
     }
 }
 
@@ -89,6 +107,13 @@ pub(crate) fn respond(
     }
     if let Some(raw) = &behavior.body {
         return raw_response(behavior.status.unwrap_or(200), raw);
+    }
+    if let Some(events) = &behavior.sse_body {
+        let plan = crate::body::SsePlan {
+            events: vec![Bytes::from(events.clone())],
+            ..crate::body::SsePlan::default()
+        };
+        return crate::sse_response(StatusCode::OK, plan, state);
     }
     if behavior.malformed {
         return match protocol {
@@ -171,6 +196,11 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
+}
+
+/// A key as a JSON string may write it: every `-` as `\u002d`, every `/` as `\/`.
+fn json_escaped(key: &str) -> String {
+    key.replace('-', "\\u002d").replace('/', "\\/")
 }
 
 fn raw_response(status: u16, body: &str) -> Response<MockBody> {

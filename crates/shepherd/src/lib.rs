@@ -9,6 +9,7 @@ pub mod config;
 pub mod context;
 pub mod governance;
 pub mod providers;
+pub mod redact;
 pub mod routing;
 pub mod server;
 pub mod state;

@@ -22,6 +22,8 @@ pub struct Runtime {
     pub config: Config,
     pub models: ModelTable,
     pub keys: KeyTable,
+    /// Masks this config's secrets in whatever leaves the gateway.
+    pub redactor: Arc<crate::redact::Redactor>,
     /// Unix time the config was loaded (the `created` of `/v1/models` entries).
     pub loaded_at: u64,
     /// Active health checks of this runtime's providers; stopped with it.
@@ -222,6 +224,7 @@ fn build(config: Config, health: &Registry) -> Result<Runtime, String> {
     let keys = KeyTable::new(&config.keys);
     let health_checks = crate::routing::health::spawn_checks(&models, &config.circuit);
     Ok(Runtime {
+        redactor: Arc::new(crate::redact::Redactor::of_config(&config)),
         config,
         models,
         keys,

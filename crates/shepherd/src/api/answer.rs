@@ -11,9 +11,10 @@ use serde_json::Value;
 
 use super::errors::{ApiError, ClientProtocol};
 use super::exchange::{Conversion, Exchange, Translation};
-use crate::config::{Secret, Wire};
+use crate::config::Wire;
 use crate::context::RequestContext;
-use crate::providers::{Endpoint, redact_secrets};
+use crate::providers::Endpoint;
+use crate::redact::Redactor;
 use crate::translate::errors::ErrorKind;
 use crate::translate::ir::{self, Response as Answer, Usage, UsageSource};
 use crate::translate::{anthropic, errors, gemini, openai};
@@ -209,12 +210,9 @@ pub fn upstream_error(
     status: StatusCode,
     headers: HeaderMap,
     body: &Bytes,
-    secrets: &[Secret],
+    redactor: &Redactor,
 ) -> UpstreamErrorAnswer {
-    let redacted = match redact_secrets(body, secrets) {
-        Some(redacted) => Bytes::from(redacted),
-        None => body.clone(),
-    };
+    let redacted = redactor.body(body).unwrap_or_else(|| body.clone());
     let parsed: Option<Value> = serde_json::from_slice(&redacted).ok();
     let Some(parsed) = parsed.filter(|value| error_object(value).is_some()) else {
         return UpstreamErrorAnswer {

@@ -37,9 +37,6 @@ use crate::wire::openai::RequestHead;
 /// The shortest wait for a breaker to reopen (no busy loop on a probe in flight).
 const MIN_WAIT: Duration = Duration::from_millis(10);
 
-/// Largest non-streamed upstream answer the gateway will hold.
-const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
-
 pub const DEPLOYMENT_HEADER: HeaderName = HeaderName::from_static("x-shepherd-deployment");
 pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-shepherd-attempts");
 pub const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-shepherd-fallback");
@@ -428,13 +425,17 @@ async fn attempt(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let client_headers = response_headers_to_client(&upstream.headers);
+    let client_headers = response_headers_to_client(&upstream.headers, &job.runtime.redactor);
     if upstream.status.is_success() && is_event_stream {
         let mode = match &exchange.conversion {
             Conversion::Passthrough {
                 wire,
                 hide_usage_chunk,
-            } => Mode::Passthrough(Watch::new(*wire, *hide_usage_chunk)),
+            } => Mode::Passthrough(Watch::new(
+                *wire,
+                *hide_usage_chunk,
+                job.runtime.redactor.clone(),
+            )),
             Conversion::Translate(translation) => {
                 Mode::Translate(Box::new(translator(translation)))
             }
@@ -445,10 +446,11 @@ async fn attempt(
             idle: timeouts.idle,
             deadline,
             prompt_estimate: exchange.prompt_estimate,
-            secrets: deployment.provider.secrets().into(),
+            redactor: job.runtime.redactor.clone(),
             inflight: Some(inflight),
             capture: job.wants_capture().then(|| deployment.provider.wire()),
             end: job.end.clone(),
+            max_event: job.runtime.config.server.max_upstream_event,
         };
         let mut relay = Relay::start(upstream.body, mode, settings, first_byte_deadline)
             .await
@@ -462,7 +464,18 @@ async fn attempt(
         return Ok(response);
     }
     ctx.set_upstream_first_byte(ctx.started.elapsed());
-    let bytes = read_whole(upstream.body, deadline, timeouts.idle)
+    let limit = job.runtime.config.server.max_upstream_body;
+    let declared = upstream
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(Failure::of(ApiError::upstream_bad_response(&format!(
+            "the answer is larger than the gateway takes (server.max_upstream_body, {limit} bytes)"
+        ))));
+    }
+    let bytes = read_whole(upstream.body, deadline, timeouts.idle, limit)
         .await
         .map_err(Failure::of)?;
     ctx.set_upstream_done();
@@ -490,7 +503,7 @@ async fn attempt(
         upstream.status,
         client_headers,
         &bytes,
-        deployment.provider.secrets(),
+        &job.runtime.redactor,
     );
     Err(Failure {
         answer: failed.answer,
@@ -576,6 +589,7 @@ pub(super) async fn read_whole(
     mut body: UpstreamBody,
     deadline: Instant,
     idle: Duration,
+    limit: usize,
 ) -> Result<Bytes, ApiError> {
     let mut whole = BytesMut::new();
     let mut single: Option<Bytes> = None;
@@ -590,15 +604,22 @@ pub(super) async fn read_whole(
             single = Some(chunk);
             continue;
         }
+        let held = single.as_ref().map_or(0, Bytes::len) + whole.len() + chunk.len();
+        if held > limit {
+            // Nothing more is read or held: memory stays flat whatever the upstream sends.
+            return Err(ApiError::upstream_bad_response(&format!(
+                "the answer is larger than the gateway takes (server.max_upstream_body, {limit} bytes)"
+            )));
+        }
         if let Some(first) = single.take() {
+            // Grow by doubling, but never past the limit.
+            whole.reserve((first.len() * 2).clamp(held, limit));
             whole.extend_from_slice(&first);
         }
-        whole.extend_from_slice(&chunk);
-        if whole.len() > MAX_UPSTREAM_BODY {
-            return Err(ApiError::upstream_bad_response(
-                "the body is larger than the gateway accepts",
-            ));
+        if whole.capacity() - whole.len() < chunk.len() {
+            whole.reserve((whole.capacity()).clamp(chunk.len(), limit - whole.len()));
         }
+        whole.extend_from_slice(&chunk);
     }
     Ok(single.unwrap_or_else(|| whole.freeze()))
 }

@@ -21,7 +21,7 @@ use super::body;
 use super::errors::{ApiError, ClientProtocol};
 use crate::config::Wire;
 use crate::context::RequestContext;
-use crate::providers::{KeyChoice, Operation, UpstreamRequest, redact_secrets};
+use crate::providers::{KeyChoice, Operation, UpstreamRequest};
 use crate::routing::Deployment;
 use crate::routing::canary::Requester;
 use crate::state::AppState;
@@ -114,6 +114,7 @@ async fn count(
                     deadline,
                     first_byte: server.timeouts.first_byte,
                     idle: server.timeouts.idle,
+                    redactor: &runtime.redactor,
                 };
                 upstream.count(&head, &body).await
             }
@@ -162,6 +163,7 @@ struct Upstream<'a> {
     deadline: Instant,
     first_byte: std::time::Duration,
     idle: std::time::Duration,
+    redactor: &'a crate::redact::Redactor,
 }
 
 impl Upstream<'_> {
@@ -203,10 +205,9 @@ impl Upstream<'_> {
                 ApiError::upstream_timeout("no response head within the first-byte timeout")
             })?
             .map_err(|error| transport_error(&error))?;
-        let bytes = read_whole(response.body, self.deadline, self.idle).await?;
+        let bytes = read_whole(response.body, self.deadline, self.idle, 1024 * 1024).await?;
         self.ctx.set_upstream_done();
-        let secrets = self.deployment.provider.secrets();
-        let bytes = redact_secrets(&bytes, secrets).map_or(bytes, Bytes::from);
+        let bytes = self.redactor.body(&bytes).unwrap_or(bytes);
         let parsed: Value = serde_json::from_slice(&bytes)
             .map_err(|_| ApiError::upstream_bad_response("the body is not valid JSON"))?;
         let status = response.status.as_u16();

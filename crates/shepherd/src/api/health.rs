@@ -18,16 +18,22 @@ pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// `/readyz`: ready for traffic; 503 while draining for shutdown.
+/// `/readyz`: ready for traffic; 503 while draining for shutdown. The state backends are listed
+/// too: a failing ledger (usage kept in memory and retried) makes the gateway `degraded`, still
+/// serving (taking every replica out of service for a ledger outage would be a full outage).
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let store = state.governance.store.health();
+    let checks = json!({state.governance.store_kind(): store.detail});
     if state.draining.load(Ordering::Relaxed) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "draining"})),
+            Json(json!({"status": "draining", "checks": checks})),
         )
             .into_response()
+    } else if !store.up {
+        Json(json!({"status": "degraded", "checks": checks})).into_response()
     } else {
-        Json(json!({"status": "ready"})).into_response()
+        Json(json!({"status": "ready", "checks": checks})).into_response()
     }
 }
 

@@ -19,9 +19,10 @@ use super::answer::estimate;
 use super::errors::{ApiError, ClientProtocol};
 use crate::cache::Fill;
 use crate::cache::replay::AnswerBuilder;
-use crate::config::{Secret, Wire};
+use crate::config::Wire;
 use crate::context::RequestContext;
-use crate::providers::{UpstreamBody, redact_secrets};
+use crate::providers::UpstreamBody;
+use crate::redact::Redactor;
 use crate::routing::health::InflightGuard;
 use crate::translate::errors::UpstreamFailure;
 use crate::translate::ir::{Event, Usage, UsageSource};
@@ -60,13 +61,16 @@ pub struct Settings {
     pub idle: Duration,
     pub deadline: Instant,
     pub prompt_estimate: u64,
-    pub secrets: Arc<[Secret]>,
+    /// Masks the config's secrets in what the upstream sends back.
+    pub redactor: Arc<Redactor>,
     /// Counts the stream as in flight on its deployment until it ends.
     pub inflight: Option<InflightGuard>,
     /// Gather the answer for the cache (the upstream's protocol, for a pass-through stream).
     pub capture: Option<Wire>,
     /// Turns true when the server's shutdown grace is over: the stream ends with an error.
     pub end: tokio::sync::watch::Receiver<bool>,
+    /// The largest event taken from the upstream (`server.max_upstream_event`).
+    pub max_event: usize,
 }
 
 /// What gathers a stream's answer for the cache: a decoder of the upstream's events (only a
@@ -127,7 +131,7 @@ impl Relay {
         });
         let mut relay = Relay {
             upstream,
-            splitter: EventSplitter::default(),
+            splitter: EventSplitter::with_limit(settings.max_event),
             mode,
             settings,
             capture,
@@ -284,8 +288,12 @@ impl Relay {
     /// Takes one upstream chunk.
     fn process(&mut self, chunk: Bytes) -> Step {
         match self.splitter.push(chunk) {
-            Some(whole) => self.process_whole(whole),
-            None => Step::default(),
+            Ok(Some(whole)) => self.process_whole(whole),
+            Ok(None) => Step::default(),
+            Err(too_large) => Step {
+                output: None,
+                broke: Some(Break::Malformed(too_large.to_string())),
+            },
         }
     }
 
@@ -469,9 +477,7 @@ impl Relay {
 
     /// An upstream's failure in the client's protocol, secrets redacted.
     fn upstream_error(&self, mut failure: UpstreamFailure) -> ApiError {
-        if let Some(clean) = redact_secrets(failure.message.as_bytes(), &self.settings.secrets) {
-            failure.message = String::from_utf8_lossy(&clean).into_owned();
-        }
+        failure.message = self.settings.redactor.text(&failure.message).into_owned();
         ApiError::from_upstream(&failure, self.settings.protocol)
     }
 }

@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -15,6 +16,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::config::Wire;
+use crate::redact::Redactor;
 use crate::translate::errors::{UpstreamFailure, from_anthropic, from_openai};
 use crate::translate::ir::Usage;
 use crate::translate::{anthropic, openai};
@@ -35,6 +37,8 @@ pub struct Watch {
     pub usage: Option<Usage>,
     /// Bytes of generated text (content, refusals, reasoning, tool arguments) seen so far.
     pub output_chars: usize,
+    /// Masks secrets an upstream's error event quotes.
+    redactor: Arc<Redactor>,
 }
 
 /// What one block of whole events comes to.
@@ -48,7 +52,7 @@ pub struct Watched {
 }
 
 impl Watch {
-    pub fn new(wire: Wire, hide_usage_chunk: bool) -> Self {
+    pub fn new(wire: Wire, hide_usage_chunk: bool, redactor: Arc<Redactor>) -> Self {
         Watch {
             wire,
             hide_usage_chunk,
@@ -57,6 +61,7 @@ impl Watch {
             events: 0,
             usage: None,
             output_chars: 0,
+            redactor,
         }
     }
 
@@ -68,7 +73,8 @@ impl Watch {
                 malformed: Some("the stream is not UTF-8".to_owned()),
             };
         };
-        let mut hidden: Vec<std::ops::Range<usize>> = Vec::new();
+        // Events left out (`None`) or rewritten.
+        let mut edits: Vec<(std::ops::Range<usize>, Option<Bytes>)> = Vec::new();
         let mut malformed = None;
         let mut end = block.len();
         for event in sse::events(text) {
@@ -79,7 +85,8 @@ impl Watch {
             self.events += 1;
             match verdict {
                 Ok(Verdict::Forward) => {}
-                Ok(Verdict::Hide) => hidden.push(event.span),
+                Ok(Verdict::Hide) => edits.push((event.span, None)),
+                Ok(Verdict::Replace(bytes)) => edits.push((event.span, Some(bytes))),
                 Err(detail) => {
                     end = event.span.start;
                     malformed = Some(detail);
@@ -87,14 +94,18 @@ impl Watch {
                 }
             }
         }
-        let forward = if hidden.is_empty() {
+        let forward = if edits.is_empty() {
             (end > 0).then(|| block.slice(..end))
         } else {
-            // Rare (once per stream): the events without the hidden ones.
+            // Rare (once per stream): the events without the hidden ones, rewritten ones
+            // replaced.
             let mut out = BytesMut::with_capacity(end);
             let mut at = 0;
-            for span in hidden {
+            for (span, replacement) in edits {
                 out.extend_from_slice(&block[at..span.start]);
+                if let Some(replacement) = replacement {
+                    out.extend_from_slice(&replacement);
+                }
                 at = span.end;
             }
             out.extend_from_slice(&block[at..end]);
@@ -122,8 +133,17 @@ impl Watch {
         let chunk: ChunkProbe<'_> = serde_json::from_str(data)
             .map_err(|error| format!("an event is not a JSON object: {error}"))?;
         if chunk.error.is_some_and(|e| e.get() != "null") || event.name == Some("error") {
-            let value: Value = serde_json::from_str(data).unwrap_or_default();
+            let mut value: Value = serde_json::from_str(data).unwrap_or_default();
+            let masked = self.redactor.value(&mut value);
             self.fail(from_openai(0, &value));
+            if masked {
+                let mut event_bytes = BytesMut::new();
+                if let Some(name) = event.name {
+                    event_bytes.extend_from_slice(format!("event: {name}\n").as_bytes());
+                }
+                sse::write_data(&mut event_bytes, &value.to_string());
+                return Ok(Verdict::Replace(event_bytes.freeze()));
+            }
             return Ok(Verdict::Forward);
         }
         let mut carries_content = false;
@@ -192,8 +212,14 @@ impl Watch {
                 None
             }
             "error" => {
-                let value: Value = serde_json::from_str(&event.data).unwrap_or_default();
+                let mut value: Value = serde_json::from_str(&event.data).unwrap_or_default();
+                let masked = self.redactor.value(&mut value);
                 self.fail(from_anthropic(0, &value));
+                if masked {
+                    let mut event_bytes = BytesMut::new();
+                    sse::write_named(&mut event_bytes, "error", &value);
+                    return Ok(Verdict::Replace(event_bytes.freeze()));
+                }
                 None
             }
             _ => None,
@@ -213,6 +239,8 @@ enum Verdict {
     Forward,
     /// A usage-only chunk the client did not ask for.
     Hide,
+    /// The event, rewritten (an error event whose secrets were masked).
+    Replace(Bytes),
 }
 
 /// An OpenAI chunk (chat or legacy completion), as little of it as the watch needs.
@@ -378,7 +406,7 @@ mod tests {
 
     #[test]
     fn usage_chunk_hidden_when_only_the_gateway_asked() {
-        let mut watch = Watch::new(Wire::OpenAi, true);
+        let mut watch = Watch::new(Wire::OpenAi, true, Arc::default());
         let (out, malformed) = watch_all(
             &mut watch,
             "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
@@ -392,7 +420,7 @@ data: [DONE]\n\n",
         assert_eq!(watch.usage.unwrap().input, 3);
         assert_eq!(watch.output_chars, 2);
 
-        let mut keep = Watch::new(Wire::OpenAi, false);
+        let mut keep = Watch::new(Wire::OpenAi, false, Arc::default());
         let events = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n";
         assert_eq!(watch_all(&mut keep, events).0, events);
     }
@@ -405,7 +433,7 @@ data: [DONE]\n\n",
 data: {\"choices\": [{\"index\": 0, \"delta\": {},\r\ndata:  \"finish_reason\": \"stop\"}]}\r\n\r\n\
 data: {\"choices\": [{\"index\": 0, \"delta\": {}}],\r\ndata: \"usage\": {\"prompt_tokens\": 11, \"completion_tokens\": 7, \"total_tokens\": 18}}\r\n\r\n\
 data: [DONE]\r\n\r\n";
-        let mut watch = Watch::new(Wire::OpenAi, true);
+        let mut watch = Watch::new(Wire::OpenAi, true, Arc::default());
         let (out, malformed) = watch_all(&mut watch, stream);
         assert!(malformed.is_none());
         let usage = watch.usage.expect("usage read");
@@ -415,35 +443,36 @@ data: [DONE]\r\n\r\n";
         assert!(out.contains("finish_reason") && out.ends_with("data: [DONE]\r\n\r\n"));
         assert!(watch.done);
         // A usage chunk that also finishes a choice is not usage-only: it stays.
-        let mut watch = Watch::new(Wire::OpenAi, true);
+        let mut watch = Watch::new(Wire::OpenAi, true, Arc::default());
         let finishing = "data: {\"choices\": [{\"delta\": {}, \"finish_reason\": \"stop\"}], \"usage\": {\"prompt_tokens\": 1}}\n\n";
         assert_eq!(watch_all(&mut watch, finishing).0, finishing);
     }
 
     #[test]
     fn malformed_events_stop_the_forwarding() {
-        let mut watch = Watch::new(Wire::OpenAi, false);
+        let mut watch = Watch::new(Wire::OpenAi, false, Arc::default());
         let (out, malformed) = watch_all(
             &mut watch,
             "data: {\"choices\":[]}\n\ndata: {not json\n\ndata: {\"choices\":[]}\n\n",
         );
         assert_eq!(out, "data: {\"choices\":[]}\n\n");
         assert!(malformed.unwrap().contains("not a JSON object"));
-        let mut watch = Watch::new(Wire::OpenAi, false);
+        let mut watch = Watch::new(Wire::OpenAi, false, Arc::default());
         assert!(watch_all(&mut watch, "data: [1, 2]\n\n").1.is_some());
-        let mut watch = Watch::new(Wire::Anthropic, false);
+        let mut watch = Watch::new(Wire::Anthropic, false, Arc::default());
         assert!(
             watch_all(&mut watch, "event: ping\ndata: {\"type\": \n\n")
                 .1
                 .is_some()
         );
-        let watched = Watch::new(Wire::OpenAi, false).watch(Bytes::from_static(b"data: \xff\n\n"));
+        let watched = Watch::new(Wire::OpenAi, false, Arc::default())
+            .watch(Bytes::from_static(b"data: \xff\n\n"));
         assert!(watched.malformed.is_some());
     }
 
     #[test]
     fn error_events_are_failures() {
-        let mut watch = Watch::new(Wire::OpenAi, false);
+        let mut watch = Watch::new(Wire::OpenAi, false, Arc::default());
         let (out, _) = watch_all(
             &mut watch,
             "data: {\"error\": {\"message\": \"boom\", \"type\": \"server_error\"}}\n\n",
@@ -452,7 +481,7 @@ data: [DONE]\r\n\r\n";
         let (failure, first) = watch.failure.unwrap();
         assert_eq!(failure.message, "boom");
         assert!(first);
-        let mut watch = Watch::new(Wire::OpenAi, false);
+        let mut watch = Watch::new(Wire::OpenAi, false, Arc::default());
         watch_all(
             &mut watch,
             "data: {\"choices\":[]}\n\nevent: error\ndata: {\"message\":\"x\"}\n\n",
@@ -461,8 +490,30 @@ data: [DONE]\r\n\r\n";
     }
 
     #[test]
+    fn secrets_quoted_in_an_error_event_are_masked() {
+        let redactor = Arc::new(Redactor::new(["upstream-secret-0123"]));
+        let mut watch = Watch::new(Wire::OpenAi, false, redactor.clone());
+        let (out, _) = watch_all(
+            &mut watch,
+            "data: {\"choices\":[]}\n\ndata: {\"error\": {\"message\": \"bad key upstream\\u002dsecret-0123\"}}\n\n",
+        );
+        assert!(out.starts_with("data: {\"choices\":[]}\n\n"), "{out}");
+        assert!(out.contains("bad key [REDACTED]"), "{out}");
+        assert!(!out.contains("0123"), "{out}");
+        let mut watch = Watch::new(Wire::Anthropic, false, redactor);
+        let (out, _) = watch_all(
+            &mut watch,
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"x\",\"message\":\"upstream-secret-0123\"}}\n\n",
+        );
+        assert!(
+            out.starts_with("event: error\ndata: ") && !out.contains("0123"),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn anthropic_usage_and_text_are_read_on_the_side() {
-        let mut watch = Watch::new(Wire::Anthropic, false);
+        let mut watch = Watch::new(Wire::Anthropic, false, Arc::default());
         let events = "event: message_start\r\ndata: {\"type\": \"message_start\", \"message\": {\"usage\": {\"input_tokens\": 10, \"output_tokens\": 1}}}\r\n\r\n\
 event: content_block_delta\r\ndata: {\"type\": \"content_block_delta\", \"index\": 0,\r\ndata: \"delta\": {\"type\": \"text_delta\", \"text\": \"Hello\"}}\r\n\r\n\
 event: message_delta\r\ndata: {\"type\": \"message_delta\", \"delta\": {\"stop_reason\": \"end_turn\"}, \"usage\": {\"output_tokens\": 7}}\r\n\r\n\

@@ -90,7 +90,22 @@ impl Loader {
                 }
             },
         };
-        Some(StateConfig { database })
+        let usage_retention = match raw.usage_retention {
+            None => Some(Duration::from_secs(90 * 86_400)),
+            Some(RawDuration(zero)) if zero.is_zero() => None,
+            Some(RawDuration(retention)) if retention < Duration::from_secs(86_400) => {
+                self.problem(
+                    "state.usage_retention",
+                    "must be at least 1d (or 0s to keep every row)",
+                );
+                None
+            }
+            Some(RawDuration(retention)) => Some(retention),
+        };
+        Some(StateConfig {
+            database,
+            usage_retention,
+        })
     }
 
     /// `routes`: per client route, a default model and the models served.

@@ -93,6 +93,8 @@ pub enum Database {
 #[derive(Debug, Clone)]
 pub struct StateConfig {
     pub database: Database,
+    /// Ledger rows older than this are rolled up per day and removed; `None`: kept for ever.
+    pub usage_retention: Option<Duration>,
 }
 
 /// A rate limit: `amount` per `period`, up to `burst` at once.

@@ -62,6 +62,8 @@ pub struct RawAdmin {
 pub struct RawState {
     pub database: Option<String>,
     pub redis: Option<String>,
+    /// Ledger rows older than this become per-day sums (`0s`: kept for ever).
+    pub usage_retention: Option<RawDuration>,
 }
 
 /// A rate: `rps` or `rpm` (requests), `tpm` (tokens), with an optional burst.

@@ -138,6 +138,27 @@ impl Governance {
         keys
     }
 
+    /// The kind of store keys and usage live in, as metrics name it.
+    pub fn store_kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    /// Rolls ledger rows older than `retention` up into per-day sums (blocking: run it off
+    /// the request threads).
+    pub fn prune(&self, retention: std::time::Duration) -> Result<u64, String> {
+        let cutoff =
+            now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let removed = self
+            .store
+            .prune(cutoff)
+            .map_err(|error| error.to_string())?;
+        self.writer
+            .counts
+            .pruned
+            .fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
+        Ok(removed)
+    }
+
     pub fn hasher(&self) -> Option<&Hasher> {
         self.hasher.as_ref()
     }

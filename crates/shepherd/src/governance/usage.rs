@@ -31,6 +31,8 @@ pub struct LedgerCounts {
     pub dropped: AtomicU64,
     /// Failed writes (each retried).
     pub store_errors: AtomicU64,
+    /// Rows rolled up into per-day sums by the retention.
+    pub pruned: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -243,6 +245,12 @@ mod tests {
         }
         fn report(&self, _: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
             Ok(Vec::new())
+        }
+        fn prune(&self, _: i64) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        fn health(&self) -> crate::store::StoreHealth {
+            crate::store::StoreHealth::up()
         }
     }
 

@@ -3,7 +3,8 @@
 
 use axum::http::{HeaderMap, HeaderName, header};
 
-use crate::config::{Secret, Wire};
+use crate::config::Wire;
+use crate::redact::Redactor;
 
 /// Connection-level headers (RFC 9110 §7.6.1) plus `host` and `content-length`, which the
 /// client library sets for the new connection.
@@ -93,9 +94,9 @@ pub fn forwardable_request_headers(client: &HeaderMap, upstream: Wire) -> Header
     out
 }
 
-/// The upstream's response headers that may travel to the client; `x-request-id` is kept as
-/// `x-upstream-request-id` for support tickets with the provider.
-pub fn response_headers_to_client(upstream: &HeaderMap) -> HeaderMap {
+/// The upstream's response headers that may travel to the client (secrets masked); `x-request-id`
+/// is kept as `x-upstream-request-id` for support tickets with the provider.
+pub fn response_headers_to_client(upstream: &HeaderMap, redactor: &Redactor) -> HeaderMap {
     let dynamic = connection_tokens(upstream);
     let mut out = HeaderMap::with_capacity(upstream.len());
     for (name, value) in upstream {
@@ -114,54 +115,12 @@ pub fn response_headers_to_client(upstream: &HeaderMap) -> HeaderMap {
         {
             continue;
         }
-        out.append(name.clone(), value.clone());
+        match redactor.header(value) {
+            Some(masked) => out.append(name.clone(), masked),
+            None => out.append(name.clone(), value.clone()),
+        };
     }
     out
-}
-
-/// Replaces every occurrence of an upstream secret (and anything shaped like an OpenAI-style
-/// key, `sk-…`, as providers echo masked keys) in a body with `[REDACTED]`.
-pub fn redact_secrets(body: &[u8], secrets: &[Secret]) -> Option<Vec<u8>> {
-    let mut text = String::from_utf8_lossy(body).into_owned();
-    let mut changed = false;
-    for secret in secrets {
-        let secret = secret.expose();
-        if secret.len() >= 4 && text.contains(secret) {
-            text = text.replace(secret, "[REDACTED]");
-            changed = true;
-        }
-    }
-    if let Some(masked) = redact_key_shapes(&text) {
-        text = masked;
-        changed = true;
-    }
-    changed.then(|| text.into_bytes())
-}
-
-/// `sk-` followed by 8+ key characters (letters, digits, `-`, `_`, `*`, `.`).
-fn redact_key_shapes(text: &str) -> Option<String> {
-    let is_key_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '*' | '.');
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    let mut changed = false;
-    while let Some(start) = rest.find("sk-") {
-        let boundary_ok = rest[..start]
-            .chars()
-            .next_back()
-            .is_none_or(|c| !is_key_char(c));
-        let tail = &rest[start + 3..];
-        let len = tail.find(|c: char| !is_key_char(c)).unwrap_or(tail.len());
-        out.push_str(&rest[..start]);
-        if boundary_ok && len >= 8 {
-            out.push_str("[REDACTED]");
-            changed = true;
-        } else {
-            out.push_str(&rest[start..start + 3 + len]);
-        }
-        rest = &tail[len..];
-    }
-    out.push_str(rest);
-    changed.then_some(out)
 }
 
 #[cfg(test)]
@@ -238,7 +197,7 @@ mod tests {
                 HeaderValue::from_static(value),
             );
         }
-        let out = response_headers_to_client(&upstream);
+        let out = response_headers_to_client(&upstream, &Redactor::default());
         let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         assert_eq!(
             names,
@@ -248,17 +207,5 @@ mod tests {
                 "openai-processing-ms"
             ]
         );
-    }
-
-    #[test]
-    fn secrets_redacted() {
-        let secrets = [Secret::new("upstream-secret-value".to_owned())];
-        let body = br#"{"error":{"message":"bad key upstream-secret-value and sk-proj-abc***wxyz, not sk-x"}}"#;
-        let out = String::from_utf8(redact_secrets(body, &secrets).unwrap()).unwrap();
-        assert_eq!(
-            out,
-            r#"{"error":{"message":"bad key [REDACTED] and [REDACTED], not sk-x"}}"#
-        );
-        assert!(redact_secrets(b"{\"fine\":true}", &secrets).is_none());
     }
 }

@@ -18,7 +18,7 @@ use crate::config::{HealthCheckConfig, ProviderConfig, ProviderKind, Timeouts, W
 use crate::routing::circuit::Admission;
 use crate::routing::health::{Health, Registry};
 
-pub use headers::{forwardable_request_headers, redact_secrets, response_headers_to_client};
+pub use headers::{forwardable_request_headers, response_headers_to_client};
 pub use http::{ConnectTimer, UpstreamClient, build_client, install_crypto_provider};
 
 /// Which client route a request came in on.

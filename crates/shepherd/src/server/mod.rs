@@ -173,6 +173,7 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
     };
     let watcher = path.map(|path| reload::watch(state.clone(), path));
     let refresher = refresh_keys(state.clone());
+    let pruner = prune_ledger(state.clone());
     let mut listeners = Vec::new();
     if let Some(admin_addr) = state.runtime().config.server.admin_listen {
         let listener = TcpListener::bind(admin_addr).await?;
@@ -213,6 +214,7 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
     let task = tokio::spawn(async move {
         let _stop_watching = watcher.map(AbortOnDrop);
         let _stop_refreshing = AbortOnDrop(refresher);
+        let _stop_pruning = AbortOnDrop(pruner);
         let _close_ledger = CloseLedger(closing.clone());
         let _ = shutdown_requested.wait_for(|requested| *requested).await;
         let active = closing.active_requests.clone();
@@ -262,6 +264,38 @@ fn refresh_keys(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
             let refreshed = tokio::task::spawn_blocking(move || governance.refresh()).await;
             if let Ok(Err(error)) = refreshed {
                 tracing::warn!(%error, "cannot refresh virtual keys; keeping the ones in memory");
+            }
+        }
+    })
+}
+
+/// How often ledger rows past `state.usage_retention` are rolled up, and how long after start.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+const PRUNE_FIRST: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Rolls up ledger rows past the retention, hourly, off the request threads.
+fn prune_ledger(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(PRUNE_FIRST).await;
+        let mut ticks = tokio::time::interval(PRUNE_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(retention) = state.runtime().config.state.usage_retention else {
+                continue;
+            };
+            let governance = state.governance.clone();
+            match tokio::task::spawn_blocking(move || governance.prune(retention)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(removed)) => {
+                    tracing::info!(
+                        removed,
+                        ?retention,
+                        "usage ledger: old rows rolled up per day"
+                    );
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "usage ledger: cannot roll up old rows"),
+                Err(_) => {}
             }
         }
     })

@@ -4,6 +4,7 @@
 //! memory and usage is written in batches by a background writer.
 
 pub mod sqlite;
+mod sqlite_usage;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -138,7 +139,35 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
 pub trait UsageStore: Send + Sync + std::fmt::Debug {
     /// Appends records in one transaction.
     fn append(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
-    /// What a key spent since `since_ms`, in nano-dollars.
+    /// What a key spent since `since_ms`, in nano-dollars (rolled-up days included).
     fn spent(&self, key_id: &str, since_ms: i64) -> Result<u64, StoreError>;
     fn report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
+    /// Rolls records older than `before_ms` up into per-day sums and removes them; returns how
+    /// many were removed.
+    fn prune(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Whether the last write worked.
+    fn health(&self) -> StoreHealth;
+}
+
+/// Whether a store's writes work, and what is wrong when they do not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreHealth {
+    pub up: bool,
+    pub detail: String,
+}
+
+impl StoreHealth {
+    pub fn up() -> Self {
+        StoreHealth {
+            up: true,
+            detail: "ok".to_owned(),
+        }
+    }
+
+    pub fn down(detail: &str) -> Self {
+        StoreHealth {
+            up: false,
+            detail: detail.to_owned(),
+        }
+    }
 }

@@ -1,16 +1,22 @@
 //! The embedded store: one SQLite database (a file in WAL mode, or in memory) holding virtual
-//! keys and the usage ledger. One connection behind a mutex: writes are batched by the usage
-//! writer, key changes are rare, and reports run off the request path.
+//! keys and the usage ledger (`sqlite_usage.rs`). One connection behind a mutex: writes are
+//! batched by the usage writer, key changes are rare, and reports run off the request path.
+//!
+//! The store never takes the process down with it. Migrations run in one `BEGIN IMMEDIATE`
+//! transaction, so replicas starting together on one file apply them once. A file that cannot be
+//! written (read-only, immutable) is opened read-only and `immutable` (no shared memory is
+//! mapped, so nothing can raise SIGBUS): keys are read, usage writes fail and stay buffered, and
+//! the store reports itself down. Before each write the file is checked to be the one opened:
+//! deleted, the database is written back to its path from the open connection (`VACUUM INTO`)
+//! and reopened, so neither keys nor usage are lost; replaced, the new file is opened.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use rusqlite::{Connection, OpenFlags, params};
 use serde_json::Value;
 
-use super::{
-    GroupBy, KeyStore, StoreError, StoredKey, UsageQuery, UsageRecord, UsageRow, UsageStore,
-};
+use super::{KeyStore, StoreError, StoreHealth, StoredKey};
 use crate::config::Database;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
@@ -59,85 +65,284 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_ts ON usage (ts_ms);
     CREATE INDEX usage_key_ts ON usage (key_id, ts_ms);",
     "ALTER TABLE keys ADD COLUMN default_model TEXT;",
+    // Per-day sums of the rows past `state.usage_retention` (reports by day outlive the rows).
+    "CREATE TABLE usage_daily (
+        day TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        key_name TEXT NOT NULL,
+        model TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        route TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        cost_nano_usd INTEGER NOT NULL,
+        saved_nano_usd INTEGER NOT NULL,
+        cache_hits INTEGER NOT NULL,
+        PRIMARY KEY (day, key_id, model, deployment, route)
+    );
+    CREATE INDEX usage_daily_key ON usage_daily (key_id, day);",
 ];
 
 #[derive(Debug)]
 pub struct SqliteStore {
-    connection: Mutex<Connection>,
+    pub(super) connection: Mutex<Connection>,
+    /// The database file, when it is one.
+    file: Option<FileWatch>,
+    /// Opened read-only: writes fail at once.
+    read_only: bool,
+    health: Mutex<StoreHealth>,
 }
 
-fn db(error: rusqlite::Error) -> StoreError {
+/// The file the connection has open, to notice it deleted or replaced.
+#[derive(Debug)]
+struct FileWatch {
+    path: PathBuf,
+    identity: Mutex<Option<(u64, u64)>>,
+}
+
+pub(super) fn db(error: rusqlite::Error) -> StoreError {
     StoreError::Database(error.to_string())
 }
 
 /// SQLite integers are signed; counts and nano-dollars stay far below `i64::MAX`.
-fn int(value: u64) -> i64 {
+pub(super) fn int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn uint(value: i64) -> u64 {
+pub(super) fn uint(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
+}
+
+/// The device and inode of a file.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|metadata| (metadata.dev(), metadata.ino()))
 }
 
 impl SqliteStore {
     pub fn open(database: &Database) -> Result<SqliteStore, StoreError> {
-        let connection = match database {
-            Database::SqliteMemory => Connection::open_in_memory().map_err(db)?,
-            Database::Sqlite(path) => open_file(path)?,
+        let (connection, file, read_only) = match database {
+            Database::SqliteMemory => (Connection::open_in_memory().map_err(db)?, None, false),
+            Database::Sqlite(path) => {
+                let (connection, read_only) = open_file(path)?;
+                let watch = FileWatch {
+                    path: path.clone(),
+                    identity: Mutex::new(identity(path)),
+                };
+                (connection, Some(watch), read_only)
+            }
         };
-        connection
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db)?;
-        migrate(&connection)?;
+        if read_only {
+            check_schema(&connection)?;
+        } else {
+            migrate(&connection)?;
+        }
+        let health = if read_only {
+            tracing::error!(database = %database_name(database),
+                            "the database cannot be written: keys are read, usage is kept in memory and not saved");
+            StoreHealth::down("the database file cannot be written (read-only)")
+        } else {
+            StoreHealth::up()
+        };
         Ok(SqliteStore {
             connection: Mutex::new(connection),
+            file,
+            read_only,
+            health: Mutex::new(health),
         })
     }
 
-    fn connection(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn connection(&self) -> MutexGuard<'_, Connection> {
         match self.connection.lock() {
             Ok(connection) => connection,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
+
+    pub fn health(&self) -> StoreHealth {
+        match self.health.lock() {
+            Ok(health) => health.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub(super) fn set_health(&self, health: StoreHealth) {
+        let mut current = match self.health.lock() {
+            Ok(current) => current,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if current.up != health.up {
+            if health.up {
+                tracing::info!("the usage database works again");
+            } else {
+                tracing::error!(problem = %health.detail, "the usage database fails; usage is kept in memory and retried");
+            }
+        }
+        *current = health;
+    }
+
+    /// Before a write: fails at once when read-only, and makes sure the connection still has
+    /// the file at the configured path (written back if deleted, reopened if replaced).
+    pub(super) fn ready_to_write(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::Database(
+                "the database file cannot be written (read-only)".to_owned(),
+            ));
+        }
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let now = identity(&file.path);
+        let mut known = match file.identity.lock() {
+            Ok(known) => known,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if now.is_some() && now == *known {
+            return Ok(());
+        }
+        let mut connection = self.connection();
+        if now.is_none() {
+            tracing::error!(database = %file.path.display(),
+                            "the database file was deleted; writing it back from the open connection");
+            let target = file.path.to_string_lossy().into_owned();
+            connection
+                .execute("VACUUM INTO ?1", params![target])
+                .map_err(|error| {
+                    StoreError::Database(format!(
+                        "the database file was deleted and cannot be written back: {error}"
+                    ))
+                })?;
+        } else {
+            tracing::warn!(database = %file.path.display(),
+                           "the database file was replaced; opening the new one");
+        }
+        let (reopened, read_only) = open_file(&file.path)?;
+        if read_only {
+            return Err(StoreError::Database(
+                "the new database file cannot be written".to_owned(),
+            ));
+        }
+        migrate(&reopened)?;
+        *connection = reopened;
+        *known = identity(&file.path);
+        Ok(())
+    }
 }
 
-fn open_file(path: &Path) -> Result<Connection, StoreError> {
+fn database_name(database: &Database) -> String {
+    match database {
+        Database::SqliteMemory => "sqlite::memory:".to_owned(),
+        Database::Sqlite(path) => path.display().to_string(),
+    }
+}
+
+/// Opens a database file for writing (WAL), or, when it cannot be written, read-only and
+/// immutable; returns whether it is read-only.
+fn open_file(path: &Path) -> Result<(Connection, bool), StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|error| {
             StoreError::Database(format!("cannot create {}: {error}", dir.display()))
         })?;
     }
+    let writable = !path.exists()
+        || std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .is_ok();
+    if !writable {
+        let uri = format!("file:{}?immutable=1", path.display());
+        let connection = Connection::open_with_flags(
+            uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(|error| StoreError::Database(format!("{}: {error}", path.display())))?;
+        return Ok((connection, true));
+    }
     let connection = Connection::open(path)
         .map_err(|error| StoreError::Database(format!("{}: {error}", path.display())))?;
     connection
-        .pragma_update(None, "journal_mode", "WAL")
+        .busy_timeout(std::time::Duration::from_secs(5))
         .map_err(db)?;
+    // Switching to WAL needs the file to itself for a moment: processes starting together
+    // may find it busy (SQLite does not wait for this one), so try again a little later.
+    let mut tries = 0;
+    while let Err(error) = connection.pragma_update(None, "journal_mode", "WAL") {
+        tries += 1;
+        if tries >= 100 {
+            return Err(db(error));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20 + fastrand::u64(..30)));
+    }
     connection
         .pragma_update(None, "synchronous", "NORMAL")
         .map_err(db)?;
-    Ok(connection)
+    // Index pages of a large ledger stay cached: inserts cost the same at 5 million rows.
+    connection
+        .pragma_update(None, "cache_size", -16_384)
+        .map_err(db)?;
+    Ok((connection, false))
 }
 
+/// Applies the migrations not applied yet, in one write transaction: two processes starting at
+/// once on one file wait for each other and apply each migration once.
 fn migrate(connection: &Connection) -> Result<(), StoreError> {
+    connection
+        .busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(db)?;
+    connection.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+    let applied = (|| {
+        let applied: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(db)?;
+        for (n, migration) in MIGRATIONS.iter().enumerate().skip(uint(applied) as usize) {
+            connection.execute_batch(migration).map_err(db)?;
+            connection
+                .pragma_update(None, "user_version", int(n as u64 + 1))
+                .map_err(db)?;
+        }
+        Ok(())
+    })();
+    match applied {
+        Ok(()) => connection.execute_batch("COMMIT").map_err(db)?,
+        Err(error) => {
+            let _ = connection.execute_batch("ROLLBACK");
+            return Err(error);
+        }
+    }
+    connection
+        .busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db)
+}
+
+/// A read-only database must already have the schema this version writes.
+fn check_schema(connection: &Connection) -> Result<(), StoreError> {
     let applied: i64 = connection
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(db)?;
-    for (n, migration) in MIGRATIONS.iter().enumerate().skip(uint(applied) as usize) {
-        connection.execute_batch(migration).map_err(db)?;
-        connection
-            .pragma_update(
-                None,
-                "user_version",
-                i64::try_from(n + 1).unwrap_or(i64::MAX),
-            )
-            .map_err(db)?;
+    if uint(applied) < MIGRATIONS.len() as u64 {
+        return Err(StoreError::Database(format!(
+            "the database is read-only and its schema is older than this version ({applied} of {} migrations)",
+            MIGRATIONS.len()
+        )));
     }
     Ok(())
 }
 
+/// The number of schema migrations this version knows.
+pub fn schema_version() -> usize {
+    MIGRATIONS.len()
+}
+
 impl KeyStore for SqliteStore {
     fn save_key(&self, key: &StoredKey) -> Result<(), StoreError> {
+        self.ready_to_write()?;
         let models = Value::from(key.models.clone()).to_string();
         self.connection()
             .execute(
@@ -211,181 +416,19 @@ impl KeyStore for SqliteStore {
     }
 }
 
-impl UsageStore for SqliteStore {
-    fn append(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        let mut connection = self.connection();
-        let transaction = connection.transaction().map_err(db)?;
-        {
-            let mut insert = transaction
-                .prepare(
-                    "INSERT INTO usage (request_id, ts_ms, key_id, key_name, model, deployment,
-                        route, status, stream, prompt_tokens, completion_tokens, cached_tokens,
-                        reasoning_tokens, usage_source, cost_nano_usd, saved_nano_usd, latency_ms,
-                        ttft_ms, cache_hit, fallback)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                        ?16, ?17, ?18, ?19, ?20)",
-                )
-                .map_err(db)?;
-            for r in records {
-                insert
-                    .execute(params![
-                        r.request_id,
-                        r.ts_ms,
-                        r.key_id,
-                        r.key_name,
-                        r.model,
-                        r.deployment,
-                        r.route,
-                        r.status,
-                        r.stream,
-                        int(r.prompt_tokens),
-                        int(r.completion_tokens),
-                        int(r.cached_tokens),
-                        int(r.reasoning_tokens),
-                        r.usage_source,
-                        int(r.cost_nano_usd),
-                        int(r.saved_nano_usd),
-                        r.latency_ms,
-                        r.ttft_ms,
-                        r.cache_hit,
-                        r.fallback,
-                    ])
-                    .map_err(db)?;
-            }
-        }
-        transaction.commit().map_err(db)
-    }
-
-    fn spent(&self, key_id: &str, since_ms: i64) -> Result<u64, StoreError> {
-        let spent: Option<i64> = self
-            .connection()
-            .query_row(
-                "SELECT SUM(cost_nano_usd) FROM usage WHERE key_id = ?1 AND ts_ms >= ?2",
-                params![key_id, since_ms],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(db)?
-            .flatten();
-        Ok(spent.map_or(0, uint))
-    }
-
-    fn report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
-        let columns: Vec<&str> = query
-            .group_by
-            .iter()
-            .map(|group| match group {
-                GroupBy::Key => "key_name",
-                GroupBy::Model => "COALESCE(model, '')",
-                GroupBy::Deployment => "COALESCE(deployment, '')",
-                GroupBy::Day => "strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch')",
-                GroupBy::Hour => "strftime('%Y-%m-%dT%H:00', ts_ms / 1000, 'unixepoch')",
-            })
-            .collect();
-        let mut conditions = vec!["1 = 1".to_owned()];
-        let mut values: Vec<rusqlite::types::Value> = Vec::new();
-        if let Some(from) = query.from_ms {
-            values.push(from.into());
-            conditions.push(format!("ts_ms >= ?{}", values.len()));
-        }
-        if let Some(to) = query.to_ms {
-            values.push(to.into());
-            conditions.push(format!("ts_ms < ?{}", values.len()));
-        }
-        if let Some(key) = &query.key_id {
-            values.push(key.clone().into());
-            conditions.push(format!("key_id = ?{}", values.len()));
-        }
-        let selected = columns
-            .iter()
-            .map(|column| format!("{column}, "))
-            .collect::<String>();
-        let group = if columns.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " GROUP BY {0} ORDER BY {0}",
-                (1..=columns.len())
-                    .map(|n| n.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
-        let sql = format!(
-            "SELECT {selected}COUNT(*), SUM(status >= 400), SUM(prompt_tokens),
-                SUM(completion_tokens), SUM(cached_tokens), SUM(reasoning_tokens),
-                SUM(cost_nano_usd), SUM(saved_nano_usd), SUM(cache_hit)
-             FROM usage WHERE {}{group}",
-            conditions.join(" AND ")
-        );
-        let connection = self.connection();
-        let mut statement = connection.prepare(&sql).map_err(db)?;
-        let width = columns.len();
-        let rows = statement
-            .query_map(params_from_iter(values), |row| {
-                let mut groups = Vec::with_capacity(width);
-                for (n, group) in query.group_by.iter().enumerate() {
-                    groups.push((group.name().to_owned(), row.get::<_, String>(n)?));
-                }
-                let sum = |n: usize| -> rusqlite::Result<u64> {
-                    Ok(row.get::<_, Option<i64>>(width + n)?.map_or(0, uint))
-                };
-                Ok(UsageRow {
-                    groups,
-                    requests: sum(0)?,
-                    errors: sum(1)?,
-                    prompt_tokens: sum(2)?,
-                    completion_tokens: sum(3)?,
-                    cached_tokens: sum(4)?,
-                    reasoning_tokens: sum(5)?,
-                    cost_nano_usd: sum(6)?,
-                    saved_nano_usd: sum(7)?,
-                    cache_hits: sum(8)?,
-                })
-            })
-            .map_err(db)?;
-        let rows = rows.collect::<Result<Vec<_>, _>>().map_err(db)?;
-        // An empty ledger reports no line, not one line of zeros.
-        Ok(rows.into_iter().filter(|row| row.requests > 0).collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(key: &str, model: &str, ts_ms: i64, cost: u64) -> UsageRecord {
-        UsageRecord {
-            request_id: format!("r{ts_ms}"),
-            ts_ms,
-            key_id: key.to_owned(),
-            key_name: format!("name-{key}"),
-            model: Some(model.to_owned()),
-            deployment: Some(format!("p/{model}")),
-            route: "/v1/chat/completions".to_owned(),
-            status: 200,
-            stream: false,
-            prompt_tokens: 10,
-            completion_tokens: 5,
-            cached_tokens: 2,
-            reasoning_tokens: 1,
-            usage_source: Some("reported"),
-            cost_nano_usd: cost,
-            saved_nano_usd: 0,
-            latency_ms: 12.5,
-            ttft_ms: Some(3.0),
-            cache_hit: false,
-            fallback: false,
-        }
-    }
-
-    #[test]
-    fn keys_round_trip_and_migrations_are_idempotent() {
+    fn temp_path() -> (PathBuf, PathBuf) {
         let dir = std::env::temp_dir().join(format!("shepherd-store-{}", fastrand::u64(..)));
         let path = dir.join("nested").join("shepherd.db");
-        let store = SqliteStore::open(&Database::Sqlite(path.clone())).unwrap();
-        let key = StoredKey {
-            id: "abcdefghijkl".into(),
+        (dir, path)
+    }
+
+    pub(crate) fn key(id: &str) -> StoredKey {
+        StoredKey {
+            id: id.into(),
             name: "svc".into(),
             secret_hash: vec![1; 32],
             previous_hash: None,
@@ -403,7 +446,14 @@ mod tests {
             created_at: 1,
             updated_at: 1,
             revoked_at: None,
-        };
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_and_migrations_are_idempotent() {
+        let (dir, path) = temp_path();
+        let store = SqliteStore::open(&Database::Sqlite(path.clone())).unwrap();
+        let key = key("abcdefghijkl");
         store.save_key(&key).unwrap();
         drop(store);
         let reopened = SqliteStore::open(&Database::Sqlite(path)).unwrap();
@@ -412,49 +462,42 @@ mod tests {
     }
 
     #[test]
-    fn usage_sums_and_groups() {
-        let store = SqliteStore::open(&Database::SqliteMemory).unwrap();
-        assert!(store.report(&UsageQuery::default()).unwrap().is_empty());
-        let day = 86_400_000;
-        store
-            .append(&[
-                record("a", "m1", 1000, 100),
-                record("a", "m2", 2000, 200),
-                record("b", "m1", day + 5, 400),
-            ])
-            .unwrap();
-        assert_eq!(store.spent("a", 0).unwrap(), 300);
-        assert_eq!(store.spent("a", 1500).unwrap(), 200);
-        assert_eq!(store.spent("nobody", 0).unwrap(), 0);
-        let rows = store
-            .report(&UsageQuery {
-                group_by: vec![GroupBy::Key, GroupBy::Day],
-                ..UsageQuery::default()
+    fn processes_starting_together_apply_each_migration_once() {
+        let (dir, path) = temp_path();
+        let starts: Vec<_> = (0..6)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || SqliteStore::open(&Database::Sqlite(path)).map(|_| ()))
             })
-            .unwrap();
-        assert_eq!(rows.len(), 2);
+            .collect();
+        for start in starts {
+            start.join().unwrap().unwrap();
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_deleted_database_file_is_written_back_with_its_keys() {
+        let (dir, path) = temp_path();
+        let store = SqliteStore::open(&Database::Sqlite(path.clone())).unwrap();
+        store.save_key(&key("keptthrough1")).unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        store.save_key(&key("afterdelete2")).unwrap();
+        assert!(path.exists(), "the file is back");
+        drop(store);
+        let reopened = SqliteStore::open(&Database::Sqlite(path)).unwrap();
+        let ids: std::collections::BTreeSet<String> = reopened
+            .load_keys()
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
         assert_eq!(
-            rows[0].groups,
-            vec![
-                ("key".into(), "name-a".into()),
-                ("day".into(), "1970-01-01".into())
-            ]
+            ids,
+            ["afterdelete2", "keptthrough1"].map(str::to_owned).into()
         );
-        assert_eq!(
-            (
-                rows[0].requests,
-                rows[0].prompt_tokens,
-                rows[0].cost_nano_usd
-            ),
-            (2, 20, 300)
-        );
-        assert_eq!(rows[1].groups[1].1, "1970-01-02");
-        let total = store
-            .report(&UsageQuery {
-                from_ms: Some(1500),
-                ..UsageQuery::default()
-            })
-            .unwrap();
-        assert_eq!((total[0].requests, total[0].cost_nano_usd), (2, 600));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

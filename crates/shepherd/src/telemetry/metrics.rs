@@ -53,6 +53,10 @@ pub struct Metrics {
     ledger_written: IntCounter,
     ledger_dropped: IntCounter,
     ledger_errors: IntCounter,
+    /// 1 while a state backend's writes work (`backend`: sqlite, postgres, redis).
+    state_backend_up: IntGaugeVec,
+    /// Ledger rows rolled up into per-day sums (`state.usage_retention`).
+    ledger_pruned: IntCounter,
     /// Key names as labels (`telemetry.key_labels`).
     pub key_labels: bool,
     /// `telemetry.metrics`: when off, requests are not counted.
@@ -256,6 +260,17 @@ impl Metrics {
                 "usage_store_errors_total",
                 "Failed writes of the usage ledger (retried).",
             ),
+            state_backend_up: gauge(
+                &r,
+                "state_backend_up",
+                "1 while writes to a state backend work, 0 while they fail.",
+                &["backend"],
+            ),
+            ledger_pruned: single_counter(
+                &r,
+                "usage_records_pruned_total",
+                "Ledger rows past the retention, rolled up into per-day sums and removed.",
+            ),
             key_labels,
             enabled,
             registry: r,
@@ -345,6 +360,11 @@ impl Metrics {
             &self.ledger_errors,
             ledger.store_errors.load(Ordering::Relaxed),
         );
+        catch_up(&self.ledger_pruned, ledger.pruned.load(Ordering::Relaxed));
+        let health = state.governance.store.health();
+        self.state_backend_up
+            .with_label_values(&[state.governance.store_kind()])
+            .set(i64::from(health.up));
         let mut out = Vec::with_capacity(16 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

@@ -9,10 +9,12 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
-/// Buffers a byte stream and releases it only in whole events (ending in an empty line).
+/// Buffers a byte stream and releases it only in whole events (ending in an empty line), holding
+/// at most `limit` bytes of an unfinished event.
 #[derive(Debug)]
 pub struct EventSplitter {
     pending: BytesMut,
+    limit: usize,
     /// Bytes of `pending` already scanned for line ends.
     scanned: usize,
     /// The line being scanned has no character yet (an end of line now would end an event).
@@ -21,10 +23,28 @@ pub struct EventSplitter {
     after_cr: bool,
 }
 
+/// An event grew past the limit without ending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTooLarge(pub usize);
+
+impl std::fmt::Display for EventTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "an event passed {} bytes without ending", self.0)
+    }
+}
+
 impl Default for EventSplitter {
     fn default() -> Self {
+        EventSplitter::with_limit(usize::MAX)
+    }
+}
+
+impl EventSplitter {
+    /// A splitter that holds at most `limit` bytes of an unfinished event.
+    pub fn with_limit(limit: usize) -> Self {
         EventSplitter {
             pending: BytesMut::new(),
+            limit,
             scanned: 0,
             line_empty: true,
             after_cr: false,
@@ -33,8 +53,19 @@ impl Default for EventSplitter {
 }
 
 impl EventSplitter {
-    /// Adds a chunk; returns the complete events now available (possibly several), if any.
-    pub fn push(&mut self, chunk: Bytes) -> Option<Bytes> {
+    /// Adds a chunk; returns the complete events now available (possibly several), if any, or
+    /// an error when an unfinished event grew past the limit (nothing more is held).
+    pub fn push(&mut self, chunk: Bytes) -> Result<Option<Bytes>, EventTooLarge> {
+        let ready = self.split(chunk);
+        if self.pending.len() > self.limit {
+            self.pending = BytesMut::new();
+            self.scanned = 0;
+            return Err(EventTooLarge(self.limit));
+        }
+        Ok(ready)
+    }
+
+    fn split(&mut self, chunk: Bytes) -> Option<Bytes> {
         if self.pending.is_empty() {
             let end = self.scan(&chunk, 0);
             return match end {
@@ -255,7 +286,7 @@ mod tests {
         let mut splitter = EventSplitter::default();
         let mut out = Vec::new();
         for chunk in chunks {
-            if let Some(ready) = splitter.push(Bytes::copy_from_slice(chunk)) {
+            if let Some(ready) = splitter.push(Bytes::copy_from_slice(chunk)).unwrap() {
                 out.push(ready.to_vec());
             }
         }
@@ -270,7 +301,7 @@ mod tests {
     fn whole_chunks_pass_without_copy() {
         let mut splitter = EventSplitter::default();
         let chunk = Bytes::from_static(b"data: a\n\ndata: b\n\n");
-        let out = splitter.push(chunk.clone()).unwrap();
+        let out = splitter.push(chunk.clone()).unwrap().unwrap();
         assert_eq!(out.as_ptr(), chunk.as_ptr());
         assert_eq!(splitter.pending_len(), 0);
     }
@@ -278,12 +309,21 @@ mod tests {
     #[test]
     fn partial_events_are_held_until_complete() {
         let mut splitter = EventSplitter::default();
-        assert_eq!(splitter.push(Bytes::from_static(b"data: {\"a\":")), None);
-        assert_eq!(splitter.push(Bytes::from_static(b"1}\n")), None);
-        let out = splitter.push(Bytes::from_static(b"\ndata: x")).unwrap();
+        assert_eq!(
+            splitter.push(Bytes::from_static(b"data: {\"a\":")),
+            Ok(None)
+        );
+        assert_eq!(splitter.push(Bytes::from_static(b"1}\n")), Ok(None));
+        let out = splitter
+            .push(Bytes::from_static(b"\ndata: x"))
+            .unwrap()
+            .unwrap();
         assert_eq!(&out[..], b"data: {\"a\":1}\n\n");
         assert_eq!(splitter.pending_len(), 7);
-        let out = splitter.push(Bytes::from_static(b"\r\n\r\n")).unwrap();
+        let out = splitter
+            .push(Bytes::from_static(b"\r\n\r\n"))
+            .unwrap()
+            .unwrap();
         assert_eq!(&out[..], b"data: x\r\n\r\n");
     }
 
@@ -342,6 +382,7 @@ mod tests {
         assert!(
             splitter
                 .push(Bytes::from_static(b"data: {}\n\ndata: last"))
+                .unwrap()
                 .is_some()
         );
         assert_eq!(
@@ -349,8 +390,27 @@ mod tests {
             Bytes::from_static(b"data: last\n\n")
         );
         assert!(splitter.finish().is_none());
-        assert!(splitter.push(Bytes::from_static(b": bye")).is_none());
+        assert!(
+            splitter
+                .push(Bytes::from_static(b": bye"))
+                .unwrap()
+                .is_none()
+        );
         assert!(splitter.finish().is_none(), "a comment is no event");
+    }
+
+    #[test]
+    fn an_event_that_never_ends_is_refused_at_the_limit() {
+        let mut splitter = EventSplitter::with_limit(1024);
+        let chunk = Bytes::from(vec![b'x'; 600]);
+        assert_eq!(splitter.push(Bytes::from_static(b"data: ")), Ok(None));
+        assert_eq!(splitter.push(chunk.clone()), Ok(None));
+        assert_eq!(splitter.push(chunk), Err(EventTooLarge(1024)));
+        assert_eq!(splitter.pending_len(), 0, "nothing more is held");
+        // Whole events of any size within a chunk pass.
+        let mut splitter = EventSplitter::with_limit(16);
+        let big = Bytes::from(format!("data: {}\n\n", "y".repeat(100)));
+        assert!(splitter.push(big).unwrap().is_some());
     }
 
     #[test]
