@@ -16,7 +16,7 @@ pub mod models;
 pub mod openai;
 mod proxy;
 mod relay;
-mod watch;
+pub mod watch;
 
 /// The client routes, as limits name them.
 pub const ROUTES: &[&str] = &[

@@ -7,6 +7,7 @@ mod check;
 mod client_limits;
 mod common;
 mod conformance;
+mod decisions;
 mod errors;
 mod governance;
 mod key_commands;
