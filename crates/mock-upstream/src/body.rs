@@ -141,14 +141,14 @@ impl SsePlan {
                 .insert(at, Bytes::from_static(b"data: {not json\n\n"));
             self.content_len += 1;
         }
-        if let (Some(n), Some(error)) = (behavior.stream_error_after, self.error_event.take()) {
-            if self.stop.is_none_or(|stop| stop.after() > n) {
-                let n = n.min(self.content_len);
-                self.events.truncate(self.content_start + n);
-                self.events.push(error);
-                self.content_len = n;
-                self.stop = None;
-            }
+        if let (Some(n), Some(error)) = (behavior.stream_error_after, self.error_event.take())
+            && self.stop.is_none_or(|stop| stop.after() > n)
+        {
+            let n = n.min(self.content_len);
+            self.events.truncate(self.content_start + n);
+            self.events.push(error);
+            self.content_len = n;
+            self.stop = None;
         }
         self
     }

@@ -244,6 +244,7 @@ async fn handle(
     }
 
     state.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = record::InFlight::enter(&state.counters);
     if state.record {
         let recorded = RecordedRequest::new(&parts, body.clone());
         lock(&state.requests).push(recorded);
@@ -256,10 +257,10 @@ async fn handle(
         behavior.status = None;
         behavior.retry_after = None;
     }
-    if let Some(refused) = &behavior.refuse_key {
-        if route::presented_key(&parts) == *refused {
-            behavior.status = Some(401);
-        }
+    if let Some(refused) = &behavior.refuse_key
+        && route::presented_key(&parts) == *refused
+    {
+        behavior.status = Some(401);
     }
     if let Some(ms) = behavior.latency_ms.filter(|ms| *ms > 0) {
         tokio::time::sleep(Duration::from_millis(ms)).await;

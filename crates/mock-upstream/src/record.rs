@@ -96,6 +96,10 @@ pub struct Stats {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cached_tokens: u64,
+    /// Requests being handled now (from arrival until the response head is sent).
+    pub in_flight: u64,
+    /// The most requests handled at once.
+    pub peak_in_flight: u64,
 }
 
 impl Stats {
@@ -109,6 +113,8 @@ impl Stats {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
         })
     }
 }
@@ -123,6 +129,25 @@ pub(crate) struct Counters {
     pub(crate) prompt_tokens: AtomicU64,
     pub(crate) completion_tokens: AtomicU64,
     pub(crate) cached_tokens: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) peak_in_flight: AtomicU64,
+}
+
+/// Counts a request in flight until dropped.
+pub(crate) struct InFlight<'a>(&'a Counters);
+
+impl<'a> InFlight<'a> {
+    pub(crate) fn enter(counters: &'a Counters) -> InFlight<'a> {
+        let now = counters.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        counters.peak_in_flight.fetch_max(now, Ordering::AcqRel);
+        InFlight(counters)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Counters {
@@ -135,6 +160,8 @@ impl Counters {
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
             cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            peak_in_flight: self.peak_in_flight.load(Ordering::Relaxed),
         }
     }
 
@@ -146,5 +173,7 @@ impl Counters {
         self.prompt_tokens.store(0, Ordering::Relaxed);
         self.completion_tokens.store(0, Ordering::Relaxed);
         self.cached_tokens.store(0, Ordering::Relaxed);
+        self.peak_in_flight
+            .store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }

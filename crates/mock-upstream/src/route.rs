@@ -71,11 +71,11 @@ impl Protocol {
             }
         };
         if let Some(key) = key {
-            if behavior.echo_escaped {
-                if let MockBody::Full(Some(bytes)) = resp.body_mut() {
-                    let text = String::from_utf8_lossy(bytes).replace(&key, &json_escaped(&key));
-                    *bytes = Bytes::from(text);
-                }
+            if behavior.echo_escaped
+                && let MockBody::Full(Some(bytes)) = resp.body_mut()
+            {
+                let text = String::from_utf8_lossy(bytes).replace(&key, &json_escaped(&key));
+                *bytes = Bytes::from(text);
             }
             let headers = resp.headers_mut();
             if let Ok(value) = HeaderValue::from_str(&format!(
@@ -131,10 +131,10 @@ pub(crate) fn respond(
         Protocol::Gemini => gemini::route(&ctx, parts, body),
     };
     let mut resp = answer.unwrap_or_else(|| protocol.not_found(&parts.method, full_path));
-    if let Some(status) = behavior.status.and_then(|s| StatusCode::from_u16(s).ok()) {
-        if resp.status().is_success() {
-            *resp.status_mut() = status;
-        }
+    if let Some(status) = behavior.status.and_then(|s| StatusCode::from_u16(s).ok())
+        && resp.status().is_success()
+    {
+        *resp.status_mut() = status;
     }
     resp
 }

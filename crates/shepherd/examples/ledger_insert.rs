@@ -26,7 +26,7 @@ fn record(n: u64, ts_ms: i64) -> UsageRecord {
         deployment: Some("openai/gpt-4.1".to_owned()),
         route: "/v1/chat/completions".to_owned(),
         status: 200,
-        stream: n % 2 == 0,
+        stream: n.is_multiple_of(2),
         prompt_tokens: 100 + n % 900,
         completion_tokens: 20 + n % 300,
         cached_tokens: n % 50,

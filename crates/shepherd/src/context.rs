@@ -436,10 +436,10 @@ impl RequestContext {
         if let Some(deployment) = &fields.deployment {
             attributes.push(KeyValue::new("shepherd.deployment", deployment.to_string()));
         }
-        if let (Some((_, key)), Some(metrics)) = (&fields.key, &self.metrics) {
-            if metrics.key_labels {
-                attributes.push(KeyValue::new("shepherd.key", key.to_string()));
-            }
+        if let (Some((_, key)), Some(metrics)) = (&fields.key, &self.metrics)
+            && metrics.key_labels
+        {
+            attributes.push(KeyValue::new("shepherd.key", key.to_string()));
         }
         if let Some((usage, _)) = &fields.usage {
             let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);

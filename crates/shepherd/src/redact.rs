@@ -55,6 +55,13 @@ impl Redactor {
             secrets.push(admin.key_secret.expose());
         }
         secrets.extend(config.keys.iter().map(|key| key.key.expose()));
+        if let crate::config::Database::Postgres(url) = &config.state.database {
+            secrets.extend(url_password(url.expose()));
+        }
+        if let Some(redis) = &config.state.redis {
+            secrets.extend(url_password(redis.url.expose()));
+            secrets.extend(redis.password.as_ref().map(|password| password.expose()));
+        }
         Redactor::new(secrets)
     }
 
@@ -219,17 +226,35 @@ fn percent_decoded(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The password of a `scheme://user:password@host/...` URL, if it has one.
+pub fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    let password = userinfo.split_once(':')?.1;
+    (!password.is_empty()).then_some(password)
+}
+
+/// `url` with its password (if any) masked, for messages.
+pub fn url_without_password(url: &str) -> Cow<'_, str> {
+    match url_password(url) {
+        Some(password) => Cow::Owned(url.replacen(&format!(":{password}@"), ":****@", 1)),
+        None => Cow::Borrowed(url),
+    }
 }
 
 #[cfg(test)]
@@ -240,6 +265,21 @@ mod tests {
 
     fn redactor() -> Redactor {
         Redactor::new(["short", SECRET])
+    }
+
+    #[test]
+    fn url_passwords() {
+        assert_eq!(
+            url_password("postgres://app:s3cr:et@db:5432/x"),
+            Some("s3cr:et")
+        );
+        assert_eq!(url_password("redis://:pw@r:6379/0"), Some("pw"));
+        assert_eq!(url_password("redis://r:6379"), None);
+        assert_eq!(url_password("postgres://app@db/x"), None);
+        assert_eq!(
+            url_without_password("postgres://app:pw@db/x"),
+            "postgres://app:****@db/x"
+        );
     }
 
     #[test]

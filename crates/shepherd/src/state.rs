@@ -84,7 +84,10 @@ impl AppState {
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Self, String> {
         let health = Registry::default();
         let governance = Arc::new(Governance::new(&config)?);
-        let cache = Arc::new(crate::cache::Cache::new(&config.cache));
+        let cache = Arc::new(crate::cache::Cache::new(
+            &config.cache,
+            governance.redis.clone(),
+        ));
         let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(
             config.telemetry.metrics,
             config.telemetry.key_labels,
@@ -252,6 +255,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.state.database != new.state.database {
         changed.push("state.database");
+    }
+    if old.state.redis != new.state.redis {
+        changed.push("state.redis");
+    }
+    if old.cache.backend != new.cache.backend {
+        changed.push("cache.backend");
     }
     if old.server.admin_listen != new.server.admin_listen {
         changed.push("server.admin_listen");

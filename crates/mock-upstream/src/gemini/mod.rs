@@ -120,13 +120,13 @@ impl ApiError {
             }
             None => format!("mock error {}", status.as_u16()),
         };
-        if let Some(secs) = retry_after.and_then(|r| r.trim().parse::<u64>().ok()) {
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                details.push(json!({
-                    "@type": "type.googleapis.com/google.rpc.RetryInfo",
-                    "retryDelay": format!("{secs}s"),
-                }));
-            }
+        if let Some(secs) = retry_after.and_then(|r| r.trim().parse::<u64>().ok())
+            && status == StatusCode::TOO_MANY_REQUESTS
+        {
+            details.push(json!({
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": format!("{secs}s"),
+            }));
         }
         ApiError {
             status,

@@ -259,13 +259,12 @@ fn generation_config(req: &Map<String, Value>) -> Result<(Option<u64>, usize), A
             return Err(bad(snake));
         }
     }
-    if let Some(stop) = field(config, "stopSequences", "stop_sequences") {
-        if !stop
+    if let Some(stop) = field(config, "stopSequences", "stop_sequences")
+        && !stop
             .as_array()
             .is_some_and(|s| s.iter().all(Value::is_string))
-        {
-            return Err(bad("stop_sequences"));
-        }
+    {
+        return Err(bad("stop_sequences"));
     }
     Ok((max.filter(|m| *m > 0), candidates))
 }

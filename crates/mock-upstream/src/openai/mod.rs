@@ -135,10 +135,10 @@ impl StreamHead<'_> {
             "system_fingerprint": FINGERPRINT,
             "choices": choices,
         });
-        if self.include_usage {
-            if let Value::Object(m) = &mut v {
-                m.insert("usage".to_owned(), Value::Null);
-            }
+        if self.include_usage
+            && let Value::Object(m) = &mut v
+        {
+            m.insert("usage".to_owned(), Value::Null);
         }
         sse_data(&v)
     }

@@ -356,10 +356,10 @@ fn decorate(headers: &mut HeaderMap, candidate: &Candidate, plan: &Plan, attempt
         headers.insert(DEPLOYMENT_HEADER, name);
     }
     headers.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
-    if candidate.fallback {
-        if let Ok(model) = HeaderValue::from_str(&candidate.model) {
-            headers.insert(FALLBACK_HEADER, model);
-        }
+    if candidate.fallback
+        && let Ok(model) = HeaderValue::from_str(&candidate.model)
+    {
+        headers.insert(FALLBACK_HEADER, model);
     }
     if let Some(canary) = plan.canary {
         headers.insert(

@@ -54,10 +54,10 @@ async fn count(
 ) -> Result<Response, ApiError> {
     let runtime = state.runtime();
     let governance = &state.governance;
-    governance.check_ip(&runtime, ctx.client_ip())?;
+    governance.check_ip(&runtime, ctx.client_ip()).await?;
     let key = governance.authenticate(&runtime, headers)?;
     ctx.set_key(key.id.clone(), key.name.clone());
-    governance.check_route(&runtime, ROUTE)?;
+    governance.check_route(&runtime, ROUTE).await?;
     let server = &runtime.config.server;
     let body =
         body::read_within(body, headers, server.max_body, server.client_timeouts.body).await?;

@@ -488,6 +488,17 @@ impl ApiError {
         error
     }
 
+    /// The shared state (Redis) is down and `state.on_redis_failure` is `closed`.
+    pub fn state_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "state_unavailable",
+            "The gateway cannot reach the shared state that enforces limits (Redis); requests are refused until it is back.".to_owned(),
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+    }
+
     /// The admin API is off: the config has no `admin` section.
     pub fn admin_disabled() -> Self {
         Self::new(

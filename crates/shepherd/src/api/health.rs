@@ -19,18 +19,39 @@ pub async fn healthz() -> Response {
 }
 
 /// `/readyz`: ready for traffic; 503 while draining for shutdown. The state backends are listed
-/// too: a failing ledger (usage kept in memory and retried) makes the gateway `degraded`, still
-/// serving (taking every replica out of service for a ledger outage would be a full outage).
+/// too: a failing ledger (usage kept in memory and retried) or a Redis outage under
+/// `on_redis_failure: open` (local limits meanwhile) makes the gateway `degraded`, still serving
+/// (taking every replica out of service for a state outage would be a full outage); a Redis
+/// outage under `closed` makes it unready, since it refuses every request meanwhile.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let store = state.governance.store.health();
-    let checks = json!({state.governance.store_kind(): store.detail});
-    if state.draining.load(Ordering::Relaxed) {
+    let mut checks = serde_json::Map::new();
+    checks.insert(
+        state.governance.store_kind().to_owned(),
+        json!(store.detail),
+    );
+    let mut up = store.up;
+    let mut refusing = false;
+    if let Some(redis) = &state.governance.redis {
+        let health = redis.health();
+        checks.insert("redis".to_owned(), json!(health.detail));
+        up &= health.up;
+        refusing = !health.up && redis.config.on_failure == crate::config::RedisFailure::Closed;
+    }
+    let checks = serde_json::Value::Object(checks);
+    if refusing {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "checks": checks})),
+        )
+            .into_response()
+    } else if state.draining.load(Ordering::Relaxed) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "draining", "checks": checks})),
         )
             .into_response()
-    } else if !store.up {
+    } else if !up {
         Json(json!({"status": "degraded", "checks": checks})).into_response()
     } else {
         Json(json!({"status": "ready", "checks": checks})).into_response()

@@ -55,7 +55,7 @@ pub async fn proxy(
     let protocol = endpoint.client_protocol();
     let governance = &state.governance;
     let server = &runtime.config.server;
-    governance.check_ip(&runtime, ctx.client_ip())?;
+    governance.check_ip(&runtime, ctx.client_ip()).await?;
     let hops = hops(headers)?;
     if hops > server.max_hops {
         return Err(ApiError::loop_detected(hops - 1, server.max_hops));
@@ -67,7 +67,7 @@ pub async fn proxy(
         prices: Vec::new(),
         ledger: governance.writer.clone(),
     });
-    governance.check_route(&runtime, endpoint.route())?;
+    governance.check_route(&runtime, endpoint.route()).await?;
     let body =
         body::read_within(body, headers, server.max_body, server.client_timeouts.body).await?;
     ctx.set_bytes_in(body.len());
@@ -130,13 +130,14 @@ pub async fn proxy(
     } else {
         None
     };
-    let admission = match governance.admit(&runtime, key.clone(), &head.model, &demand) {
+    let admission = match governance
+        .admit(&runtime, key.clone(), &head.model, &demand)
+        .await
+    {
         Ok(admission) => admission,
-        Err(error) => {
-            let mut response = error.in_protocol(protocol).into_response();
-            governance
-                .standing(&key)
-                .apply(response.headers_mut(), protocol);
+        Err(denied) => {
+            let mut response = denied.error.in_protocol(protocol).into_response();
+            denied.headers.apply(response.headers_mut(), protocol);
             return Ok(response);
         }
     };
@@ -230,10 +231,10 @@ pub(super) fn head_of(
         }
         parsed => (parsed?, body),
     };
-    if let Some(rule) = rule {
-        if !rule.allows(&head.model) {
-            return Err(ApiError::model_not_on_route(&head.model, route));
-        }
+    if let Some(rule) = rule
+        && !rule.allows(&head.model)
+    {
+        return Err(ApiError::model_not_on_route(&head.model, route));
     }
     Ok((head, body))
 }

@@ -1,11 +1,13 @@
-//! The response cache: exact-match answers keyed on the canonical request (`key.rs`), kept in a
-//! bounded store (`store.rs`), replayed whole or as a stream (`replay.rs`). Only complete,
-//! successful answers are stored. Concurrent identical misses are coalesced: one request (the
-//! leader) calls upstream, the others wait for it, within their own deadline, and share its
-//! answer. `Cache-Control: no-cache` skips the lookup, `no-store` the store, and
+//! The response cache: exact-match answers keyed on the canonical request (`key.rs`), kept in
+//! this process's bounded memory (`store.rs`) or in the shared Redis (`redis_store.rs`),
+//! replayed whole or as a stream (`replay.rs`). Only complete, successful answers are stored.
+//! Concurrent identical misses are coalesced: one request (the leader) calls upstream, the
+//! others wait for it, within their own deadline, and share its answer; with Redis, across
+//! replicas too (a short lock in Redis names the leader). `Cache-Control: no-cache` skips the lookup, `no-store` the store, and
 //! `x-shepherd-cache-ttl` sets the entry's lifetime.
 
 pub mod key;
+pub mod redis_store;
 pub mod replay;
 pub mod store;
 
@@ -22,9 +24,11 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{CacheConfig, CacheScope};
+use crate::config::{CacheBackend, CacheConfig, CacheScope};
 use crate::providers::Endpoint;
+use crate::store::redis::SharedRedis;
 use crate::translate::ir;
+use redis_store::RedisCache;
 use store::{CacheStore, Entry, MemoryStore};
 
 /// The response header that says whether an answer came from the cache.
@@ -42,9 +46,16 @@ pub struct CacheCounts {
     pub coalesced: AtomicU64,
 }
 
+/// Where entries live.
+#[derive(Debug)]
+enum Backend {
+    Memory(MemoryStore),
+    Redis(RedisCache),
+}
+
 #[derive(Debug)]
 pub struct Cache {
-    store: Box<dyn CacheStore>,
+    backend: Backend,
     /// Keys being filled now, and the signal that they are done.
     inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
     pub counts: CacheCounts,
@@ -70,16 +81,66 @@ pub enum Lookup {
 }
 
 impl Cache {
-    pub fn new(config: &CacheConfig) -> Cache {
+    /// The cache of `config`; `redis` is the shared Redis, when `state.redis` is set.
+    pub fn new(config: &CacheConfig, redis: Option<Arc<SharedRedis>>) -> Cache {
+        let backend = match (config.backend, redis) {
+            (CacheBackend::Redis, Some(redis)) => Backend::Redis(RedisCache::new(redis)),
+            _ => Backend::Memory(MemoryStore::new(config.max_bytes)),
+        };
         Cache {
-            store: Box::new(MemoryStore::new(config.max_bytes)),
+            backend,
             inflight: Mutex::new(HashMap::new()),
             counts: CacheCounts::default(),
         }
     }
 
-    pub fn store(&self) -> &dyn CacheStore {
-        self.store.as_ref()
+    /// Bytes held, entries and evictions of this process's store (all zero with Redis, whose
+    /// own metrics say it).
+    pub fn stats(&self) -> (u64, usize, u64) {
+        match &self.backend {
+            Backend::Memory(store) => (store.bytes(), store.entries(), store.evictions()),
+            Backend::Redis(_) => (0, 0, 0),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        match &self.backend {
+            Backend::Memory(store) => store.get(key),
+            Backend::Redis(store) => store.get(key).await,
+        }
+    }
+
+    /// With Redis: the fill lock of `key` for this replica (`Ok(None)`: Redis is down, fill
+    /// without one), or, when another replica holds it, whatever it stored by `deadline`.
+    async fn lead_across_replicas(
+        &self,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<Option<String>, Option<Arc<Entry>>> {
+        let Backend::Redis(store) = &self.backend else {
+            return Ok(None);
+        };
+        loop {
+            if let Some(token) = store.lock(key).await {
+                return Ok(Some(token));
+            }
+            if !store.is_up() {
+                return Ok(None);
+            }
+            // Another replica is filling it: wait for its answer, or for its lock to go.
+            loop {
+                if Instant::now() + redis_store::POLL > deadline {
+                    return Err(None);
+                }
+                tokio::time::sleep(redis_store::POLL).await;
+                if let Some(entry) = store.get(key).await {
+                    return Err(Some(entry));
+                }
+                if !store.locked(key).await {
+                    break;
+                }
+            }
+        }
     }
 
     /// What this request asks of the cache, if its route and model are cached; a malformed or
@@ -143,14 +204,14 @@ impl Cache {
         }
         let mut waited = false;
         loop {
-            if !ask.skip_lookup {
-                if let Some(entry) = self.store.get(&ask.key) {
-                    self.counts.hits.fetch_add(1, Ordering::Relaxed);
-                    if waited {
-                        self.counts.coalesced.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return Lookup::Hit(entry);
+            if !ask.skip_lookup
+                && let Some(entry) = self.get(&ask.key).await
+            {
+                self.counts.hits.fetch_add(1, Ordering::Relaxed);
+                if waited {
+                    self.counts.coalesced.fetch_add(1, Ordering::Relaxed);
                 }
+                return Lookup::Hit(entry);
             }
             if ask.skip_store {
                 self.counts.misses.fetch_add(1, Ordering::Relaxed);
@@ -169,30 +230,54 @@ impl Cache {
                 }
             };
             let signal = match role {
-                Role::Leader(signal) => Some(signal),
+                Role::Leader(signal) => {
+                    match self.lead_across_replicas(&ask.key, deadline).await {
+                        Ok(lock) => {
+                            self.counts.misses.fetch_add(1, Ordering::Relaxed);
+                            return Lookup::Miss(Some(self.fill(ask, Some(signal), lock)));
+                        }
+                        Err(Some(entry)) => {
+                            // Filled by another replica; this one's waiters read it too.
+                            self.counts.hits.fetch_add(1, Ordering::Relaxed);
+                            self.counts.coalesced.fetch_add(1, Ordering::Relaxed);
+                            drop(self.fill(ask, Some(signal), None));
+                            return Lookup::Hit(entry);
+                        }
+                        Err(None) => {
+                            self.counts.misses.fetch_add(1, Ordering::Relaxed);
+                            return Lookup::Miss(Some(self.fill(ask, Some(signal), None)));
+                        }
+                    }
+                }
                 Role::Alone => None,
                 Role::Follower(mut done) => {
                     let finished = tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await;
                     if finished.is_err() {
                         // Out of time waiting: go upstream alone (and store, if it can).
                         self.counts.misses.fetch_add(1, Ordering::Relaxed);
-                        return Lookup::Miss(Some(self.fill(ask, None)));
+                        return Lookup::Miss(Some(self.fill(ask, None, None)));
                     }
                     waited = true;
                     continue;
                 }
             };
             self.counts.misses.fetch_add(1, Ordering::Relaxed);
-            return Lookup::Miss(Some(self.fill(ask, signal)));
+            return Lookup::Miss(Some(self.fill(ask, signal, None)));
         }
     }
 
-    fn fill(self: &Arc<Self>, ask: &Ask, signal: Option<watch::Sender<bool>>) -> Fill {
+    fn fill(
+        self: &Arc<Self>,
+        ask: &Ask,
+        signal: Option<watch::Sender<bool>>,
+        lock: Option<String>,
+    ) -> Fill {
         Fill {
             cache: self.clone(),
             key: ask.key.clone(),
             ttl: ask.ttl,
             signal,
+            lock,
         }
     }
 }
@@ -205,24 +290,37 @@ pub struct Fill {
     key: String,
     ttl: Duration,
     signal: Option<watch::Sender<bool>>,
+    /// The fill lock in Redis, let go once stored (or when the fill ends without storing).
+    lock: Option<String>,
 }
 
 impl Fill {
     /// Stores a complete, successful answer.
-    pub fn store(self, answer: Option<ir::Response>, body: Option<Bytes>, deployment: Arc<str>) {
+    pub fn store(
+        mut self,
+        answer: Option<ir::Response>,
+        body: Option<Bytes>,
+        deployment: Arc<str>,
+    ) {
         let entry = Entry {
             answer,
             body,
             deployment,
             expires_at: bounds::later(Instant::now(), self.ttl),
         };
-        self.cache.store.put(self.key.clone(), Arc::new(entry));
+        match &self.cache.backend {
+            Backend::Memory(store) => store.put(self.key.clone(), Arc::new(entry)),
+            Backend::Redis(store) => store.put(&self.key, &entry, self.ttl, self.lock.take()),
+        }
         self.cache.counts.stores.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 impl Drop for Fill {
     fn drop(&mut self) {
+        if let (Backend::Redis(store), Some(lock)) = (&self.cache.backend, self.lock.take()) {
+            store.unlock(&self.key, Some(lock));
+        }
         let Some(signal) = self.signal.take() else {
             return;
         };

@@ -15,8 +15,7 @@ use serde_json::{Value, json};
 use crate::config::{self, Timeouts};
 use crate::governance::keys::Hasher;
 use crate::governance::manage::{self, KeySpec, ManageError};
-use crate::store::sqlite::SqliteStore;
-use crate::store::{KeyStore, UsageQuery, UsageStore};
+use crate::store::{Store, UsageQuery};
 
 /// Where the command acts.
 #[derive(Debug, Args)]
@@ -106,10 +105,10 @@ fn fail(message: &str) -> ExitCode {
 }
 
 /// The local database and hasher of a config file.
-fn local(target: &Target) -> Result<(SqliteStore, Option<Hasher>), String> {
+fn local(target: &Target) -> Result<(std::sync::Arc<dyn Store>, Option<Hasher>), String> {
     let path = super::config_path(target.config.clone());
     let config = config::load_file(&path).map_err(|problems| format!("{problems}"))?;
-    let store = SqliteStore::open(&config.state.database).map_err(|e| e.to_string())?;
+    let store = crate::store::open(&config.state.database).map_err(|e| e.to_string())?;
     let hasher = config
         .admin
         .as_ref()
@@ -236,7 +235,7 @@ fn keys_local(command: &KeysCommand, target: &Target) -> Result<(), String> {
             let spec: KeySpec =
                 serde_json::from_value(spec_of(command)?).map_err(|e| e.to_string())?;
             let (key, text) =
-                manage::create(&store, hasher.as_ref(), spec).map_err(manage_error)?;
+                manage::create(store.as_ref(), hasher.as_ref(), spec).map_err(manage_error)?;
             print_created(&manage::view(&key, None, None), &text);
         }
         KeysCommand::List { format } => {
@@ -249,14 +248,14 @@ fn keys_local(command: &KeysCommand, target: &Target) -> Result<(), String> {
             print_keys(&keys, format);
         }
         KeysCommand::Revoke { id } => {
-            let key = manage::revoke(&store, id).map_err(manage_error)?;
+            let key = manage::revoke(store.as_ref(), id).map_err(manage_error)?;
             out(&format!("revoked {} ({})", key.id, key.name));
         }
         KeysCommand::Rotate { id, overlap } => {
             let overlap = humantime::parse_duration(overlap)
                 .map_err(|_| format!("--overlap `{overlap}` is not a duration"))?;
-            let (key, text) =
-                manage::rotate(&store, hasher.as_ref(), id, overlap).map_err(manage_error)?;
+            let (key, text) = manage::rotate(store.as_ref(), hasher.as_ref(), id, overlap)
+                .map_err(manage_error)?;
             print_created(&manage::view(&key, None, None), &text);
         }
     }

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `keys`, `usage`, `version`.
+//! The command line: `serve`, `check`, `migrate`, `keys`, `usage`, `version`.
 
 mod admin;
 
@@ -38,6 +38,13 @@ enum Command {
         #[arg(long)]
         allow_empty: bool,
     },
+    /// Create or upgrade the config's database schema (the gateway also does it at start;
+    /// safe to run while replicas start), and print its version.
+    Migrate {
+        /// Config file (YAML). Default: $SHEPHERD_CONFIG, else ./shepherd.yaml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Manage virtual keys (in the config's database, or through a gateway's admin API).
     Keys {
         #[command(subcommand)]
@@ -73,6 +80,7 @@ pub fn run(cli: Cli) -> ExitCode {
             config,
             allow_empty,
         } => check(&config_path(config), allow_empty),
+        Command::Migrate { config } => migrate(&config_path(config)),
         Command::Keys { command, target } => admin::keys(command, &target),
         Command::Usage { query, target } => admin::usage(&query, &target),
         Command::Serve {
@@ -116,6 +124,30 @@ fn check(path: &std::path::Path, allow_empty: bool) -> ExitCode {
             let mut err = std::io::stderr();
             let _ = writeln!(err, "{problems}");
             let _ = writeln!(err, "{} problem(s) in {}", problems.0.len(), path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate(path: &std::path::Path) -> ExitCode {
+    let config = match config::load_file(path) {
+        Ok(config) => config,
+        Err(problems) => {
+            let _ = writeln!(std::io::stderr(), "{problems}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::store::migrate(&config.state.database) {
+        Ok(version) => {
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}: schema at version {version}",
+                config.state.database.kind()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "shepherd: {error}");
             ExitCode::FAILURE
         }
     }

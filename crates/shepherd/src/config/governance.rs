@@ -56,12 +56,7 @@ impl Loader {
         } else {
             self.section(value, "state")?
         };
-        if raw.redis.is_some() {
-            self.problem(
-                "state.redis",
-                "Redis is not supported by this version yet; remove it to use the embedded default",
-            );
-        }
+        let redis = self.redis(&raw);
         let database = match raw.database.as_deref() {
             None => match &self.base {
                 Some(base) => Database::Sqlite(base.join("shepherd.db")),
@@ -79,11 +74,15 @@ impl Loader {
                         _ => Database::Sqlite(path),
                     }
                 }
+                _ if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                    Database::Postgres(Secret::new(url.to_owned()))
+                }
                 _ => {
                     self.problem(
                         "state.database",
                         format!(
-                            "`{url}` is not supported; write sqlite://FILE or sqlite::memory: (PostgreSQL is planned)"
+                            "`{}` is not supported; write sqlite://FILE, sqlite::memory: or postgres://USER@HOST/DB",
+                            crate::redact::url_without_password(url)
                         ),
                     );
                     return None;
@@ -104,7 +103,68 @@ impl Loader {
         };
         Some(StateConfig {
             database,
+            redis,
             usage_retention,
+        })
+    }
+
+    /// `state.redis` and its companions.
+    fn redis(&mut self, raw: &RawState) -> Option<RedisConfig> {
+        let Some(url) = raw.redis.as_deref() else {
+            for (field, given) in [
+                ("state.redis_username", raw.redis_username.is_some()),
+                ("state.redis_password", raw.redis_password.is_some()),
+                ("state.redis_timeout", raw.redis_timeout.is_some()),
+                ("state.redis_prefix", raw.redis_prefix.is_some()),
+                ("state.on_redis_failure", raw.on_redis_failure.is_some()),
+            ] {
+                if given {
+                    self.problem(field, "needs state.redis");
+                }
+            }
+            return None;
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            self.problem(
+                "state.redis",
+                format!(
+                    "`{}` is not a Redis URL; write redis://HOST:PORT/DB or rediss:// (TLS)",
+                    crate::redact::url_without_password(url)
+                ),
+            );
+            return None;
+        }
+        let timeout = match raw.redis_timeout {
+            None => Duration::from_millis(500),
+            Some(RawDuration(timeout))
+                if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(60) =>
+            {
+                self.problem("state.redis_timeout", "must be between 1ms and 60s");
+                return None;
+            }
+            Some(RawDuration(timeout)) => timeout,
+        };
+        let prefix = raw
+            .redis_prefix
+            .clone()
+            .unwrap_or_else(|| "shepherd:".to_owned());
+        if prefix.len() > 64 || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.problem(
+                "state.redis_prefix",
+                "at most 64 characters, no spaces or control characters",
+            );
+            return None;
+        }
+        Some(RedisConfig {
+            url: Secret::new(url.to_owned()),
+            username: raw.redis_username.clone().map(Secret::new),
+            password: raw.redis_password.clone().map(Secret::new),
+            timeout,
+            on_failure: match raw.on_redis_failure {
+                Some(RawRedisFailure::Closed) => RedisFailure::Closed,
+                Some(RawRedisFailure::Open) | None => RedisFailure::Open,
+            },
+            prefix,
         })
     }
 
@@ -231,13 +291,13 @@ impl Loader {
                 models,
                 &join_path(&path, "default_model"),
             );
-            if let Some(default) = &default_model {
-                if !patterns.iter().any(|p| p.matches(default)) {
-                    self.problem(
-                        &join_path(&path, "default_model"),
-                        format!("`{default}` is not among the key's `models`"),
-                    );
-                }
+            if let Some(default) = &default_model
+                && !patterns.iter().any(|p| p.matches(default))
+            {
+                self.problem(
+                    &join_path(&path, "default_model"),
+                    format!("`{default}` is not among the key's `models`"),
+                );
             }
             let limits = raw
                 .limits
@@ -462,7 +522,7 @@ limits:
     fn governance_problems_are_named() {
         let text = "\
 admin: {master_key: short}
-state: {database: 'postgres://db/shepherd'}
+state: {database: 'mysql://db/shepherd', redis: 'http://r', redis_timeout: 2m}
 keys:
   - {name: a, key: k, limits: {rpm: 0}, budget: {usd: -1}, expires: someday}
 limits:
@@ -478,7 +538,8 @@ limits:
         for expected in [
             "g.yaml: line 1: admin.master_key: too short",
             "g.yaml: line 1: admin.key_secret: required",
-            "g.yaml: line 2: state.database: `postgres://db/shepherd` is not supported",
+            "g.yaml: line 2: state.database: `mysql://db/shepherd` is not supported",
+            "g.yaml: line 2: state.redis: `http://r` is not a Redis URL",
             "g.yaml: line 4: keys[0].limits.rpm: must be at least 1",
             "g.yaml: line 4: keys[0].budget.usd: must be a positive amount",
             "g.yaml: line 4: keys[0].expires: `someday` is not a time",
@@ -490,5 +551,50 @@ limits:
                 "missing {expected} in {problems:#?}"
             );
         }
+    }
+
+    #[test]
+    fn shared_state_settings() {
+        let text = "\
+state:
+  database: postgres://app:pw@db:5432/shepherd
+  redis: rediss://r:6380/1
+  redis_password: s3cret
+  on_redis_failure: closed
+cache: {backend: redis}
+";
+        let config = load_str(text, "s.yaml", &|_| None).unwrap();
+        assert_eq!(config.state.database.kind(), "postgres");
+        let redis = config.state.redis.unwrap();
+        assert_eq!(redis.on_failure, RedisFailure::Closed);
+        assert_eq!(redis.timeout, std::time::Duration::from_millis(500));
+        assert_eq!(redis.prefix, "shepherd:");
+        assert_eq!(redis.password.unwrap().expose(), "s3cret");
+        assert_eq!(config.cache.backend, CacheBackend::Redis);
+
+        let lonely = "state: {on_redis_failure: open}\ncache: {backend: redis}\n";
+        let problems: Vec<String> = load_str(lonely, "l.yaml", &|_| None)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("state.on_redis_failure: needs state.redis")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("cache.backend: redis needs state.redis")),
+            "{problems:#?}"
+        );
+        let leaky = "state: {database: 'mysql://u:hunter2hunter2@db/x'}\n";
+        let problems = load_str(leaky, "p.yaml", &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(!problems.contains("hunter2"), "{problems}");
     }
 }

@@ -98,10 +98,10 @@ impl Loader {
                     rel => format!("{path}.{rel}"),
                 };
                 let message = error.into_inner().to_string();
-                if let Some(unknown) = unknown_field_name(&message) {
-                    if !field.ends_with(unknown) {
-                        field = join_path(&field, unknown);
-                    }
+                if let Some(unknown) = unknown_field_name(&message)
+                    && !field.ends_with(unknown)
+                {
+                    field = join_path(&field, unknown);
                 }
                 self.problem(&field, message);
                 None
@@ -150,6 +150,12 @@ impl Loader {
         let circuit = self.circuit(take("circuit"));
         let cache = self.cache(take("cache"));
         let telemetry = self.telemetry(take("telemetry"));
+        if let (Some(cache), Some(state)) = (&cache, &state)
+            && cache.backend == CacheBackend::Redis
+            && state.redis.is_none()
+        {
+            self.problem("cache.backend", "redis needs state.redis");
+        }
         Some(Config {
             server: server?,
             admin: admin?,
@@ -317,13 +323,13 @@ impl Loader {
                 interval: check.interval.map_or(Duration::from_secs(30), |d| d.0),
                 timeout: check.timeout.map_or(Duration::from_secs(5), |d| d.0),
             });
-            if let Some(check) = &health_check {
-                if check.interval.is_zero() || check.timeout.is_zero() {
-                    self.problem(
-                        &join_path(&path, "health_check"),
-                        "interval and timeout must be greater than zero",
-                    );
-                }
+            if let Some(check) = &health_check
+                && (check.interval.is_zero() || check.timeout.is_zero())
+            {
+                self.problem(
+                    &join_path(&path, "health_check"),
+                    "interval and timeout must be greater than zero",
+                );
             }
             let wire = match raw.kind {
                 RawProviderKind::Mock => {

@@ -61,11 +61,21 @@ pub enum CacheScope {
 pub struct CacheConfig {
     /// On for every model (the `cache` section is there); models can still opt in or out.
     pub enabled: bool,
+    pub backend: CacheBackend,
     pub max_bytes: u64,
     pub ttl: Duration,
     pub scope: CacheScope,
     /// Routes whose answers are cached.
     pub routes: Vec<String>,
+}
+
+/// Where cached answers live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheBackend {
+    /// This process's memory, bounded by `max_bytes`.
+    Memory,
+    /// The shared Redis of `state.redis`, bounded by Redis' own `maxmemory`.
+    Redis,
 }
 
 /// A model's own cache setting.
@@ -88,11 +98,48 @@ pub enum Database {
     Sqlite(std::path::PathBuf),
     /// An in-memory SQLite database (tests, and configs not read from a file).
     SqliteMemory,
+    /// A PostgreSQL connection URL (`postgres://user:password@host:port/db?sslmode=...`).
+    Postgres(Secret),
+}
+
+impl Database {
+    /// The backend's name, as metrics and `/readyz` say it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Database::Sqlite(_) | Database::SqliteMemory => "sqlite",
+            Database::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// What requests meet while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFailure {
+    /// Served under local limits, each replica enforcing its share.
+    Open,
+    /// Refused with 503 until Redis is back.
+    Closed,
+}
+
+/// The shared Redis (`state.redis`): limits, concurrency, budgets and, with
+/// `cache.backend: redis`, the response cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` (TLS).
+    pub url: Secret,
+    pub username: Option<Secret>,
+    pub password: Option<Secret>,
+    /// How long one command may take before Redis counts as down.
+    pub timeout: Duration,
+    pub on_failure: RedisFailure,
+    /// Prefix of every key Shepherd writes (several gateways can share one Redis).
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct StateConfig {
     pub database: Database,
+    pub redis: Option<RedisConfig>,
     /// Ledger rows older than this are rolled up per day and removed; `None`: kept for ever.
     pub usage_retention: Option<Duration>,
 }

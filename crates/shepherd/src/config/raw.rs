@@ -62,8 +62,21 @@ pub struct RawAdmin {
 pub struct RawState {
     pub database: Option<String>,
     pub redis: Option<String>,
+    /// Override the URL's credentials (e.g. `${REDIS_PASSWORD}`, no URL escaping needed).
+    pub redis_username: Option<String>,
+    pub redis_password: Option<String>,
+    pub redis_timeout: Option<RawDuration>,
+    pub redis_prefix: Option<String>,
+    pub on_redis_failure: Option<RawRedisFailure>,
     /// Ledger rows older than this become per-day sums (`0s`: kept for ever).
     pub usage_retention: Option<RawDuration>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawRedisFailure {
+    Open,
+    Closed,
 }
 
 /// A rate: `rps` or `rpm` (requests), `tpm` (tokens), with an optional burst.
@@ -197,7 +210,7 @@ pub struct RawModelCache {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
-    /// `memory` (Redis is planned).
+    /// `memory` or `redis` (the Redis of `state.redis`).
     pub backend: Option<String>,
     pub max_bytes: Option<RawSize>,
     pub ttl: Option<RawDuration>,

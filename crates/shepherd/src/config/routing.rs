@@ -238,14 +238,17 @@ impl Loader {
         } else {
             self.section(value, "cache")?
         };
-        if let Some(backend) = raw.backend.as_deref().filter(|b| *b != "memory") {
-            self.problem(
-                "cache.backend",
-                format!(
-                    "`{backend}` is not supported by this version; use memory (Redis is planned)"
-                ),
-            );
-        }
+        let backend = match raw.backend.as_deref() {
+            None | Some("memory") => CacheBackend::Memory,
+            Some("redis") => CacheBackend::Redis,
+            Some(backend) => {
+                self.problem(
+                    "cache.backend",
+                    format!("`{backend}` is not a cache backend; memory or redis"),
+                );
+                CacheBackend::Memory
+            }
+        };
         let routes = match raw.routes {
             None => crate::api::CACHEABLE_ROUTES
                 .iter()
@@ -268,6 +271,7 @@ impl Loader {
         };
         Some(CacheConfig {
             enabled,
+            backend,
             max_bytes: raw.max_bytes.map_or(256 * 1024 * 1024, |size| size.0),
             ttl: raw.ttl.map_or(Duration::from_secs(3600), |d| d.0),
             scope: match raw.scope {

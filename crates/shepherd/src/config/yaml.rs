@@ -164,10 +164,10 @@ impl<'t> Builder<'t, '_> {
     }
 
     fn scalar(&mut self, text: &str, style: ScalarStyle, path: &str, line: usize) -> Value {
-        if matches!(style, ScalarStyle::Plain) {
-            if let Some(value) = plain_scalar(text) {
-                return value;
-            }
+        if matches!(style, ScalarStyle::Plain)
+            && let Some(value) = plain_scalar(text)
+        {
+            return value;
         }
         Value::String(self.interpolate(text, path, line))
     }
@@ -230,10 +230,8 @@ fn plain_scalar(text: &str) -> Option<Value> {
         .bytes()
         .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
         && text.bytes().any(|b| b.is_ascii_digit());
-    if looks_numeric {
-        if let Some(number) = text.parse::<f64>().ok().and_then(Number::from_f64) {
-            return Some(Value::Number(number));
-        }
+    if looks_numeric && let Some(number) = text.parse::<f64>().ok().and_then(Number::from_f64) {
+        return Some(Value::Number(number));
     }
     None
 }

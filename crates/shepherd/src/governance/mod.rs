@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod keys;
 pub mod limiter;
+pub mod limits;
 pub mod manage;
 pub mod period;
 pub mod pricing;
@@ -13,18 +14,18 @@ pub mod usage;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use axum::http::HeaderMap;
 
 use crate::api::errors::ApiError;
 use crate::config::{BudgetPeriod, Config, KeyLimits, ModelPattern, Rate};
 use crate::state::Runtime;
-use crate::store::sqlite::SqliteStore;
-use crate::store::{KeyStore, StoredKey, UsageStore};
-use admission::{Admission, Demand, KeyState, now_ms};
+use crate::store::redis::SharedRedis;
+use crate::store::{Store, StoredKey};
+use admission::{Admission, Demand, now_ms};
 use keys::{ClientKey, Hasher, parse_virtual};
-use limiter::{Gcra, Keyed};
+use limits::{Ask, BudgetAsk, KeyState, Limits, Scope, Subject, Take, Unit};
 use usage::UsageWriter;
 
 /// A virtual key as the gateway holds it in memory.
@@ -36,25 +37,27 @@ pub struct VirtualKey {
 
 #[derive(Debug)]
 pub struct Governance {
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn Store>,
     pub writer: Arc<UsageWriter>,
     /// Hashes virtual key secrets; `None` without `admin.key_secret` (no virtual keys).
     hasher: Option<Hasher>,
     virtual_keys: RwLock<HashMap<String, Arc<VirtualKey>>>,
-    states: Mutex<HashMap<Arc<str>, Arc<KeyState>>>,
-    per_ip: Keyed<IpAddr>,
-    per_route: Keyed<String>,
-    per_model_requests: Keyed<Arc<str>>,
-    per_model_tokens: Keyed<Arc<str>>,
+    /// Where every limit is counted: memory, or the shared Redis.
+    pub limits: Limits,
+    /// The shared Redis of `state.redis`, if any (limits, and the cache when it is there).
+    pub redis: Option<Arc<SharedRedis>>,
 }
 
 impl Governance {
     pub fn new(config: &Config) -> Result<Governance, String> {
-        let store = Arc::new(
-            SqliteStore::open(&config.state.database)
-                .map_err(|error| format!("state.database: {error}"))?,
-        );
+        let store = crate::store::open(&config.state.database)
+            .map_err(|error| format!("state.database: {error}"))?;
         let writer = Arc::new(UsageWriter::start(store.clone()));
+        let redis = config.state.redis.as_ref().map(SharedRedis::start);
+        let limits = match &redis {
+            Some(redis) => Limits::Redis(limits::redis::RedisLimits::start(redis.clone())),
+            None => Limits::Memory(limits::MemoryLimits::default()),
+        };
         let governance = Governance {
             hasher: config
                 .admin
@@ -63,11 +66,8 @@ impl Governance {
             store,
             writer,
             virtual_keys: RwLock::new(HashMap::new()),
-            states: Mutex::new(HashMap::new()),
-            per_ip: Keyed::default(),
-            per_route: Keyed::default(),
-            per_model_requests: Keyed::default(),
-            per_model_tokens: Keyed::default(),
+            limits,
+            redis,
         };
         governance.refresh()?;
         let statics: Vec<ClientKey> = config.keys.iter().map(ClientKey::of_config).collect();
@@ -140,7 +140,7 @@ impl Governance {
 
     /// The kind of store keys and usage live in, as metrics name it.
     pub fn store_kind(&self) -> &'static str {
-        "sqlite"
+        self.store.kind()
     }
 
     /// Rolls ledger rows older than `retention` up into per-day sums (blocking: run it off
@@ -177,13 +177,9 @@ impl Governance {
         }
     }
 
-    /// The live state of a key.
+    /// The live state of a key in this process.
     pub fn state(&self, id: &Arc<str>) -> Arc<KeyState> {
-        let mut states = match self.states.lock() {
-            Ok(states) => states,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        states.entry(id.clone()).or_default().clone()
+        self.limits.local().state(id)
     }
 
     /// The key a request presents: a virtual key (checked against its HMAC, current or, during
@@ -224,28 +220,16 @@ impl Governance {
         Ok(key)
     }
 
-    /// The per-address limit, checked before anything else.
-    pub fn check_ip(&self, runtime: &Runtime, ip: Option<IpAddr>) -> Result<(), ApiError> {
+    /// The per-address limit, checked before anything else (before the key is read).
+    pub async fn check_ip(&self, runtime: &Runtime, ip: Option<IpAddr>) -> Result<(), ApiError> {
         let (Some(rate), Some(ip)) = (runtime.config.limits.per_ip, ip) else {
             return Ok(());
         };
-        self.per_ip
-            .get(&ip)
-            .take(&rate, 1)
-            .map(|_| ())
-            .map_err(|refusal| {
-                ApiError::rate_limited(
-                    "requests",
-                    "ip",
-                    "requests from this address",
-                    refusal.retry_after,
-                    false,
-                )
-            })
+        self.check_one(Scope::Ip, Subject::Ip(ip), rate).await
     }
 
     /// The per-route limit.
-    pub fn check_route(&self, runtime: &Runtime, route: &str) -> Result<(), ApiError> {
+    pub async fn check_route(&self, runtime: &Runtime, route: &str) -> Result<(), ApiError> {
         let Some((_, rate)) = runtime
             .config
             .limits
@@ -255,49 +239,106 @@ impl Governance {
         else {
             return Ok(());
         };
-        self.per_route
-            .get(&route.to_owned())
-            .take(rate, 1)
-            .map(|_| ())
-            .map_err(|refusal| {
-                ApiError::rate_limited(
-                    "requests",
-                    "route",
-                    "requests on this route",
-                    refusal.retry_after,
-                    false,
-                )
-            })
+        self.check_one(Scope::Route, Subject::Name(route.into()), *rate)
+            .await
+    }
+
+    /// Takes one request from a limit that is not the key's.
+    async fn check_one(&self, scope: Scope, subject: Subject, rate: Rate) -> Result<(), ApiError> {
+        let ask = Ask {
+            key_id: Arc::from(""),
+            takes: vec![Take {
+                scope,
+                unit: Unit::Requests,
+                subject,
+                rate,
+                cost: 1,
+            }],
+            concurrency: None,
+            budget: None,
+        };
+        match self.limits.admit(&ask).await {
+            Ok(granted) => {
+                // Nothing to settle for a request count.
+                granted.ticket.settle(0, 0);
+                Ok(())
+            }
+            Err(denied) => Err(*denied.error),
+        }
     }
 
     /// Admits a request of `key` for `model` (key and model limits, requests in flight,
-    /// budget), reserving the estimate in `demand`.
-    pub fn admit(
+    /// budget) as a whole, reserving the estimate in `demand`. A refusal carries the key's
+    /// rate-limit headers.
+    pub async fn admit(
         &self,
         runtime: &Runtime,
         key: Arc<ClientKey>,
         model: &str,
         demand: &Demand,
-    ) -> Result<Admission, ApiError> {
-        let model_limits = runtime
+    ) -> Result<Admission, limits::Denied> {
+        let mut takes = Vec::with_capacity(4);
+        let subject = Subject::Name(key.id.clone());
+        if let Some(rate) = key.limits.requests {
+            takes.push(Take {
+                scope: Scope::Key,
+                unit: Unit::Requests,
+                subject: subject.clone(),
+                rate,
+                cost: 1,
+            });
+        }
+        if let Some(rate) = key.limits.tokens {
+            takes.push(Take {
+                scope: Scope::Key,
+                unit: Unit::Tokens,
+                subject,
+                rate,
+                cost: demand.tokens,
+            });
+        }
+        if let Some((name, requests, tokens)) = runtime
             .config
             .limits
             .per_model
             .iter()
             .find(|(name, _, _)| &**name == model)
-            .map_or((None, None), |(name, requests, tokens)| {
-                (
-                    requests.map(|rate| (self.model_limit(&self.per_model_requests, name), rate)),
-                    tokens.map(|rate| (self.model_limit(&self.per_model_tokens, name), rate)),
-                )
-            });
-        let state = self.state(&key.id);
-        Admission::admit(key, state, demand, model_limits)
-    }
-
-    /// Where a key's own limits stand, for the headers of a refusal.
-    pub fn standing(&self, key: &ClientKey) -> admission::RateHeaders {
-        self.state(&key.id).standing(&key.limits)
+        {
+            for (unit, rate, cost) in [
+                (Unit::Requests, requests, 1),
+                (Unit::Tokens, tokens, demand.tokens),
+            ] {
+                if let Some(rate) = rate {
+                    takes.push(Take {
+                        scope: Scope::Model,
+                        unit,
+                        subject: Subject::Name(name.clone()),
+                        rate: *rate,
+                        cost,
+                    });
+                }
+            }
+        }
+        let budget = key.budget.map(|budget| BudgetAsk {
+            budget,
+            period_start_ms: period::start_ms(budget.period, now_ms()),
+            estimate: pricing::cost(
+                &demand.price,
+                &crate::translate::ir::Usage {
+                    input: demand.prompt_tokens,
+                    output: demand.output_tokens,
+                    ..Default::default()
+                },
+            ),
+        });
+        let ask = Ask {
+            key_id: key.id.clone(),
+            takes,
+            concurrency: key.limits.concurrency,
+            budget,
+        };
+        let granted = self.limits.admit(&ask).await?;
+        Ok(Admission::new(key, granted.ticket, granted.headers))
     }
 
     /// Primes the budgets of keys new to this config (after a reload).
@@ -310,10 +351,6 @@ impl Governance {
             })
             .collect();
         self.prime_budgets(fresh.iter());
-    }
-
-    fn model_limit(&self, limits: &Keyed<Arc<str>>, model: &Arc<str>) -> Arc<Gcra> {
-        limits.get(model)
     }
 
     /// Every key with a budget, static (of `keys`) and virtual: its name, the budget and what it

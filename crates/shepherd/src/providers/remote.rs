@@ -251,10 +251,10 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = source {
-        if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return UpstreamError::Timeout(describe(error));
-            }
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return UpstreamError::Timeout(describe(error));
         }
         source = current.source();
     }

@@ -229,6 +229,12 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
         for listener in listeners {
             let _ = listener.await;
         }
+        // What requests settled at the end goes to Redis before the process leaves.
+        closing
+            .governance
+            .limits
+            .flush(std::time::Duration::from_secs(2))
+            .await;
         if let Some(traces) = closing.traces.clone() {
             // Sends the last spans; blocking, so off the runtime's workers.
             let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
@@ -251,15 +257,30 @@ async fn idle(active: &std::sync::atomic::AtomicUsize) {
     }
 }
 
-/// Reads virtual keys from the store every few seconds (keys changed by `shepherd keys` or by
-/// another replica on the same database).
+/// Reads virtual keys from the store again when it says they changed (PostgreSQL notifies
+/// every replica at once), and every few seconds in any case (SQLite cannot tell: keys
+/// changed by `shepherd keys` or another process on the same file are seen within 5 s).
 fn refresh_keys(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let signal = changed.clone();
+    let notified = state
+        .governance
+        .store
+        .watch_keys(Arc::new(move || signal.notify_one()));
+    let every = if notified {
+        std::time::Duration::from_secs(30)
+    } else {
+        std::time::Duration::from_secs(5)
+    };
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
+        let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = changed.notified() => {}
+            }
             let governance = state.governance.clone();
             let refreshed = tokio::task::spawn_blocking(move || governance.refresh()).await;
             if let Ok(Err(error)) = refreshed {

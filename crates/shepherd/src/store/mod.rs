@@ -1,10 +1,18 @@
 //! Durable state behind small traits: virtual keys (`KeyStore`) and the usage ledger
-//! (`UsageStore`). The embedded default is SQLite (`sqlite.rs`); a shared PostgreSQL backend
-//! implements the same traits. Nothing on a request's path calls these: keys are cached in
+//! (`UsageStore`). The embedded default is SQLite (`sqlite.rs`); PostgreSQL (`postgres.rs`),
+//! shared by replicas, implements the same traits. Nothing outside this module names a backend:
+//! `open` picks it from the config. Nothing on a request's path calls these: keys are cached in
 //! memory and usage is written in batches by a background writer.
 
+pub mod postgres;
+mod postgres_usage;
+pub mod redis;
 pub mod sqlite;
 mod sqlite_usage;
+
+use std::sync::Arc;
+
+use crate::config::Database;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -131,9 +139,43 @@ pub enum StoreError {
 }
 
 pub trait KeyStore: Send + Sync + std::fmt::Debug {
-    /// Inserts or replaces a key.
+    /// Inserts or replaces a key (and tells every process watching the store).
     fn save_key(&self, key: &StoredKey) -> Result<(), StoreError>;
     fn load_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+    /// Calls `changed` whenever a key changes in the store, from any process, and after the
+    /// store comes back from an outage; returns false when the store cannot tell (the caller
+    /// then reads the keys again every few seconds).
+    fn watch_keys(&self, changed: Arc<dyn Fn() + Send + Sync>) -> bool {
+        let _ = changed;
+        false
+    }
+}
+
+/// Keys and usage together: what a database backend provides.
+pub trait Store: KeyStore + UsageStore {
+    /// The backend's name, as metrics and `/readyz` say it.
+    fn kind(&self) -> &'static str;
+}
+
+/// Creates or upgrades the schema of `database`; returns its version.
+pub fn migrate(database: &Database) -> Result<usize, StoreError> {
+    match database {
+        Database::Sqlite(_) | Database::SqliteMemory => {
+            sqlite::SqliteStore::open(database)?;
+            Ok(sqlite::schema_version())
+        }
+        Database::Postgres(url) => postgres::migrate(url.expose()),
+    }
+}
+
+/// Opens (creating and migrating when needed) the database of `database`.
+pub fn open(database: &Database) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match database {
+        Database::Sqlite(_) | Database::SqliteMemory => {
+            Arc::new(sqlite::SqliteStore::open(database)?)
+        }
+        Database::Postgres(url) => postgres::PostgresStore::open(url.expose())?,
+    })
 }
 
 pub trait UsageStore: Send + Sync + std::fmt::Debug {

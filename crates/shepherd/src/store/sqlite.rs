@@ -137,6 +137,11 @@ impl SqliteStore {
                 };
                 (connection, Some(watch), read_only)
             }
+            Database::Postgres(_) => {
+                return Err(StoreError::Database(
+                    "not a SQLite database (open it through store::open)".to_owned(),
+                ));
+            }
         };
         if read_only {
             check_schema(&connection)?;
@@ -239,6 +244,7 @@ fn database_name(database: &Database) -> String {
     match database {
         Database::SqliteMemory => "sqlite::memory:".to_owned(),
         Database::Sqlite(path) => path.display().to_string(),
+        Database::Postgres(url) => crate::redact::url_without_password(url.expose()).into_owned(),
     }
 }
 
@@ -338,6 +344,12 @@ fn check_schema(connection: &Connection) -> Result<(), StoreError> {
 /// The number of schema migrations this version knows.
 pub fn schema_version() -> usize {
     MIGRATIONS.len()
+}
+
+impl super::Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
 }
 
 impl KeyStore for SqliteStore {

@@ -347,12 +347,12 @@ impl Metrics {
                     .set(usd(spent));
             }
         }
-        let store = state.cache.store();
+        let (bytes, entries, evictions) = state.cache.stats();
         self.cache_bytes
-            .set(i64::try_from(store.bytes()).unwrap_or(i64::MAX));
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         self.cache_entries
-            .set(i64::try_from(store.entries()).unwrap_or(i64::MAX));
-        catch_up(&self.cache_evictions, store.evictions());
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        catch_up(&self.cache_evictions, evictions);
         let ledger = &state.governance.writer.counts;
         catch_up(&self.ledger_written, ledger.written.load(Ordering::Relaxed));
         catch_up(&self.ledger_dropped, ledger.dropped.load(Ordering::Relaxed));
@@ -365,6 +365,11 @@ impl Metrics {
         self.state_backend_up
             .with_label_values(&[state.governance.store_kind()])
             .set(i64::from(health.up));
+        if let Some(redis) = &state.governance.redis {
+            self.state_backend_up
+                .with_label_values(&["redis"])
+                .set(i64::from(redis.is_up()));
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

@@ -2,6 +2,7 @@
 //! events of a stream and one usage record. Client protocols decode into it and encode out of
 //! it; upstream protocols do the reverse. Nothing here knows a wire format.
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A chat request, whatever protocol it came in.
@@ -46,7 +47,7 @@ pub struct Message {
     pub parts: Vec<Part>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Part {
     Text(String),
     Image(Media),
@@ -64,13 +65,13 @@ pub enum Part {
 }
 
 /// Image or document bytes, inline or by URL.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Media {
     Base64 { media_type: String, data: String },
     Url { url: String },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolCall {
     pub id: String,
     pub name: String,
@@ -78,7 +79,7 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolResult {
     pub call_id: String,
     /// Text and images.
@@ -141,7 +142,7 @@ impl Reasoning {
 }
 
 /// Why the model stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Finish {
     Stop,
     Length,
@@ -150,7 +151,7 @@ pub enum Finish {
 }
 
 /// A whole (non-streamed) answer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     pub id: Option<String>,
     pub model: Option<String>,
@@ -166,7 +167,7 @@ pub struct Response {
 }
 
 /// One more choice of an answer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Choice {
     pub parts: Vec<Part>,
     pub finish: Finish,
@@ -270,7 +271,7 @@ pub enum Event {
 
 /// Token counts of one request, normalised: `input` includes cached tokens, `output` includes
 /// reasoning tokens, whatever the upstream's own convention.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub input: u64,
     /// Part of `input` read from the provider's prompt cache.

@@ -116,10 +116,10 @@ telemetry: {{access_log: json, log_level: info}}
             .unwrap()
             .unwrap();
         log.push(line.clone());
-        if let Ok(entry) = serde_json::from_str::<Value>(&line) {
-            if entry["message"] == "ready" {
-                break entry["addr"].as_str().unwrap().to_owned();
-            }
+        if let Ok(entry) = serde_json::from_str::<Value>(&line)
+            && entry["message"] == "ready"
+        {
+            break entry["addr"].as_str().unwrap().to_owned();
         }
     };
     let base = format!("http://{addr}");

@@ -104,14 +104,14 @@ impl Decoder for MessagesDecoder {
                     }
                     "input_json_delta" => {
                         let fragment = delta["partial_json"].as_str().unwrap_or_default();
-                        if let Some(UpstreamBlock::Tool { index, has_args }) = self.block(index) {
-                            if !fragment.is_empty() {
-                                *has_args = true;
-                                out.push(Event::ToolArgs {
-                                    index: *index,
-                                    fragment: fragment.to_owned(),
-                                });
-                            }
+                        if let Some(UpstreamBlock::Tool { index, has_args }) = self.block(index)
+                            && !fragment.is_empty()
+                        {
+                            *has_args = true;
+                            out.push(Event::ToolArgs {
+                                index: *index,
+                                fragment: fragment.to_owned(),
+                            });
                         }
                     }
                     // signature_delta, citations_delta: nothing canonical.

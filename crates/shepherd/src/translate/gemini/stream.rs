@@ -117,14 +117,12 @@ impl GenerateDecoder {
                 }
             }
         }
-        if !*finished {
-            if let Some(reason) = candidate["finishReason"].as_str() {
-                *finished = true;
-                out.push(Event::Finish {
-                    reason: finish_of(reason, *calls > 0),
-                    stop_sequence: None,
-                });
-            }
+        if !*finished && let Some(reason) = candidate["finishReason"].as_str() {
+            *finished = true;
+            out.push(Event::Finish {
+                reason: finish_of(reason, *calls > 0),
+                stop_sequence: None,
+            });
         }
     }
 }

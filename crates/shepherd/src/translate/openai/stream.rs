@@ -41,10 +41,8 @@ impl ChatDecoder {
             (Some(at), Some(id)) => self.tools[at].2 != id,
             (Some(_), None) => false,
         };
-        if !is_new {
-            if let Some(at) = known {
-                return self.tools[at].3;
-            }
+        if !is_new && let Some(at) = known {
+            return self.tools[at].3;
         }
         let ordinal = self.calls[choice];
         self.calls[choice] += 1;
