@@ -327,11 +327,10 @@ async fn coldstart(
             .timeout(Duration::from_millis(200))
             .send()
             .await
+            && response.status().is_success()
         {
-            if response.status().is_success() {
-                answered = Some(started.elapsed().as_secs_f64() * 1000.0);
-                break;
-            }
+            answered = Some(started.elapsed().as_secs_f64() * 1000.0);
+            break;
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
