@@ -30,6 +30,10 @@ RELEASE = ROOT / "target" / "release"
 HZ = os.sysconf("SC_CLK_TCK")
 CORE_PROXY, CORE_LOAD = "0", "1"
 PORT_MOCK, PORT_NGINX, PORT_SHEPHERD = 19100, 19101, 19102
+# --limits: Shepherd with every key limit on, in memory and in Redis (a redis-server pinned to
+# the load core, so its CPU is not the proxy's).
+PORT_LIMITS_MEMORY, PORT_LIMITS_REDIS, PORT_REDIS = 19103, 19104, 19105
+LIMIT_TARGETS = ("limits_memory", "limits_redis")
 KEY = "sk-bench-client"
 CHAT_BODY = json.dumps({"model": "gpt-4.1", "messages": [{"role": "user", "content": "Say hello to the benchmark"}]})
 STEAL_LIMIT_PCT = 10.0
@@ -170,6 +174,35 @@ class Servers:
         self.procs["shepherd"] = subprocess.Popen(self.shepherd_command(), stdout=self.access_log, stderr=subprocess.DEVNULL)
         wait_http(PORT_SHEPHERD)
 
+    def start_limits(self) -> None:
+        """Redis, and Shepherd with limits in memory and in Redis."""
+        for port in (PORT_LIMITS_MEMORY, PORT_LIMITS_REDIS, PORT_REDIS):
+            if not port_free(port):
+                raise RuntimeError(f"port {port} is taken; stop what uses it")
+        redis = shutil.which("redis-server")
+        if not redis:
+            raise RuntimeError("--limits needs redis-server (apt-get install redis-server)")
+        self.procs["redis"] = subprocess.Popen(
+            ["taskset", "-c", CORE_LOAD, redis, "--port", str(PORT_REDIS), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while port_free(PORT_REDIS) and time.time() < deadline:
+            time.sleep(0.05)
+        template = (BENCH / "shepherd.limits.yaml.template").read_text()
+        for target, port, state in (
+            ("limits_memory", PORT_LIMITS_MEMORY, ""),
+            ("limits_redis", PORT_LIMITS_REDIS, f"state: {{redis: 'redis://127.0.0.1:{PORT_REDIS}'}}"),
+        ):
+            workdir = self.workdir / target
+            workdir.mkdir(exist_ok=True)
+            path = workdir / "shepherd.yaml"
+            path.write_text(template.format(port=port, upstream_port=PORT_MOCK, state=state))
+            log = open(workdir / "access.log", "wb")
+            self.procs[target] = subprocess.Popen(
+                ["taskset", "-c", CORE_PROXY, str(RELEASE / "shepherd"), "serve", "--config", str(path)],
+                stdout=log, stderr=subprocess.DEVNULL)
+            wait_http(port)
+
     def pid(self, target: str) -> int | None:
         proc = self.procs.get(target)
         return proc.pid if proc else None
@@ -186,7 +219,8 @@ class Servers:
 
 
 def url(target: str, path: str = "/v1/chat/completions") -> str:
-    port = {"direct": PORT_MOCK, "nginx": PORT_NGINX, "shepherd": PORT_SHEPHERD}[target]
+    port = {"direct": PORT_MOCK, "nginx": PORT_NGINX, "shepherd": PORT_SHEPHERD,
+            "limits_memory": PORT_LIMITS_MEMORY, "limits_redis": PORT_LIMITS_REDIS}[target]
     return f"http://127.0.0.1:{port}{path}"
 
 
@@ -349,7 +383,30 @@ def table(summary: dict) -> str:
     row("RSS after load (MB)", "rss_after_mb", "memory", 1)
     row("cold start to first 200 (ms)", "first_200_ms_median", "coldstart", 1)
     head = "| scenario | direct | nginx | shepherd | shepherd/nginx |\n|---|---:|---:|---:|---:|"
-    return head + "\n" + "\n".join(rows)
+    text = head + "\n" + "\n".join(rows)
+    if all(t in summary.get("c1", {}) for t in LIMIT_TARGETS):
+        text += "\n\n" + limits_table(summary)
+    return text
+
+
+def limits_table(summary: dict) -> str:
+    """Key limits in memory vs in Redis, beside nginx, same run."""
+    rows = ["| limits on (rpm, tpm, concurrency, budget) | nginx | memory | redis | redis - memory |",
+            "|---|---:|---:|---:|---:|"]
+    for scenario, label in (("c1", "c=1"), ("c64", "c=64")):
+        if scenario not in summary:
+            continue
+        by = summary[scenario]
+        for key, what, added in (("proxy_cpu_us_per_req", "proxy CPU per request (µs)", False),
+                                 ("p50_us", "added latency p50 (µs)" if scenario == "c1" else "p50 (µs)", scenario == "c1"),
+                                 ("p99_us", "added latency p99 (µs)" if scenario == "c1" else "p99 (µs)", scenario == "c1")):
+            values = {t: by.get(t, {}).get(key) for t in ("direct", "nginx", *LIMIT_TARGETS)}
+            if added and values["direct"] is not None:
+                values = {t: (None if v is None else v - values["direct"]) for t, v in values.items()}
+            memory, redis = values["limits_memory"], values["limits_redis"]
+            delta = fmt(redis - memory) if memory is not None and redis is not None else "-"
+            rows.append(f"| {label} {what} | {fmt(values['nginx'])} | {fmt(memory)} | {fmt(redis)} | {delta} |")
+    return "\n".join(rows)
 
 
 def flatten_stream(result: dict) -> dict:
@@ -383,6 +440,7 @@ def main() -> int:
     parser.add_argument("--c1-requests", type=int, default=3000)
     parser.add_argument("--only", default="", help="comma-separated scenarios (c1,c64,open2000,open5000,stream,stream_start,streams1000)")
     parser.add_argument("--soak", type=float, default=0.0, metavar="MINUTES", help="also soak Shepherd for MINUTES, sampling RSS")
+    parser.add_argument("--limits", action="store_true", help="also run Shepherd with key limits in memory and in Redis (c1 and c64)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="shepherd-bench-"))
@@ -391,6 +449,8 @@ def main() -> int:
     raw: dict = {"runs": {}}
     try:
         servers.start_all()
+        if args.limits:
+            servers.start_limits()
         time.sleep(0.5)
         memory_runs = {t: {} for t in TARGETS}
         for t in ("nginx", "shepherd"):
@@ -402,6 +462,8 @@ def main() -> int:
             for scenario in chosen:
                 # Interleave and rotate the order so no target always runs first.
                 order = TARGETS[round_no % 3:] + TARGETS[:round_no % 3]
+                if args.limits and scenario in ("c1", "c64"):
+                    order = order + (LIMIT_TARGETS if round_no % 2 == 0 else LIMIT_TARGETS[::-1])
                 for target in order:
                     result = measured(servers, target, lambda: plan[scenario](target))
                     if scenario.startswith("stream"):

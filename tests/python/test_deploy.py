@@ -12,7 +12,8 @@ validated against the Compose Specification schema and its Prometheus config wit
 
 The tools come from ``scripts/deploy-tools.sh`` (helm and kubectl in ``.tools/bin``, the compose
 schema in ``.tools/share``, ``kubernetes-validate`` in the venv); ``HELM``, ``KUBECTL`` and
-``COMPOSE_SPEC_SCHEMA`` override their paths. No test here needs the gateway binaries.
+``COMPOSE_SPEC_SCHEMA`` override their paths. One test runs the gateway binary: `shepherd check` on
+every config the artifacts ship.
 """
 
 from __future__ import annotations
@@ -761,3 +762,33 @@ def test_the_deploy_guide_names_real_files_and_commands():
     made_by_the_user = {"deploy/compose/.env"}
     missing = sorted(p for p in paths - made_by_the_user if not (REPO_ROOT / p).exists())
     assert not missing, f"docs/deploy.md names missing paths: {missing}"
+
+
+# --------------------------------------------------------------------------------------
+# The gateway accepts every config the artifacts ship
+# --------------------------------------------------------------------------------------
+
+def _env_for(text: str) -> dict[str, str]:
+    """A value for every ${VAR} the config reads: a PostgreSQL URL for database URLs, else a
+    long placeholder (secrets must be at least 16 characters)."""
+    env = dict(os.environ)
+    for name in set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}", text)):
+        env[name] = ("postgres://shepherd@postgres:5432/shepherd" if "DATABASE" in name
+                     else "placeholder-value-0123456789")
+    return env
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, "compose"])
+def test_shepherd_check_accepts_the_shipped_config(rendered, variant, tmp_path):
+    from conftest import _binary
+
+    if variant == "compose":
+        text = (COMPOSE_DIR / "shepherd.yaml").read_text()
+    else:
+        text = yaml.safe_dump(_config_of(rendered[variant]))
+    path = tmp_path / "shepherd.yaml"
+    path.write_text(text)
+    done = subprocess.run([_binary("shepherd"), "check", "--config", str(path)],
+                          capture_output=True, text=True, env=_env_for(text), timeout=60)
+    assert done.returncode == 0, f"{variant}: shepherd check refused the shipped config:\n{done.stderr}"
+    assert ": ok (" in done.stdout, done.stdout

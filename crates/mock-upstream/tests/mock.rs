@@ -541,3 +541,24 @@ async fn cut_over_h2c_delivers_the_chunks_before_the_cut() {
         assert_eq!(sse_data(&body).len(), 2, "{body}");
     }
 }
+
+#[tokio::test]
+async fn counts_the_peak_of_requests_in_flight() {
+    let mock = MockUpstream::start().await.expect("mock starts");
+    let client = client();
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let url = format!("{}/chat/completions", mock.base_url());
+    let slow = [("x-mock-latency-ms", "300")];
+    let answers = futures_util::future::join_all(
+        (0..4).map(|_| post(&client, url.clone(), &body, &slow)),
+    )
+    .await;
+    assert!(answers.iter().all(|a| a.status() == 200));
+    let stats = mock.stats();
+    assert_eq!(stats.peak_in_flight, 4);
+    assert_eq!(stats.in_flight, 0);
+    post(&client, url, &body, &[]).await;
+    assert_eq!(mock.stats().peak_in_flight, 4, "a peak, not the latest");
+    mock.reset();
+    assert_eq!(mock.stats().peak_in_flight, 0);
+}
