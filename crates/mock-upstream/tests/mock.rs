@@ -549,10 +549,9 @@ async fn counts_the_peak_of_requests_in_flight() {
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     let url = format!("{}/chat/completions", mock.base_url());
     let slow = [("x-mock-latency-ms", "300")];
-    let answers = futures_util::future::join_all(
-        (0..4).map(|_| post(&client, url.clone(), &body, &slow)),
-    )
-    .await;
+    let answers =
+        futures_util::future::join_all((0..4).map(|_| post(&client, url.clone(), &body, &slow)))
+            .await;
     assert!(answers.iter().all(|a| a.status() == 200));
     let stats = mock.stats();
     assert_eq!(stats.peak_in_flight, 4);

@@ -1,6 +1,7 @@
-//! The command line: `serve`, `check`, `migrate`, `keys`, `usage`, `version`.
+//! The command line: `serve`, `check`, `migrate`, `health`, `keys`, `usage`, `version`.
 
 mod admin;
+mod health;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -45,6 +46,15 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Probe a gateway (container health checks without curl): exit 0 on a 2xx answer.
+    Health {
+        /// The URL to GET.
+        #[arg(default_value = "http://127.0.0.1:8080/readyz")]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s")]
+        timeout: String,
+    },
     /// Manage virtual keys (in the config's database, or through a gateway's admin API).
     Keys {
         #[command(subcommand)]
@@ -81,6 +91,13 @@ pub fn run(cli: Cli) -> ExitCode {
             allow_empty,
         } => check(&config_path(config), allow_empty),
         Command::Migrate { config } => migrate(&config_path(config)),
+        Command::Health { url, timeout } => match humantime::parse_duration(&timeout) {
+            Ok(timeout) => health::probe(&url, timeout),
+            Err(_) => {
+                let _ = writeln!(std::io::stderr(), "--timeout `{timeout}` is not a duration");
+                ExitCode::FAILURE
+            }
+        },
         Command::Keys { command, target } => admin::keys(command, &target),
         Command::Usage { query, target } => admin::usage(&query, &target),
         Command::Serve {

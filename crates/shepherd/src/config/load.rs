@@ -286,6 +286,9 @@ impl Loader {
                 self.problem(&format!("server.{name}"), "must be at least 1KiB");
             }
         }
+        let tls = raw
+            .tls
+            .and_then(|tls| self.tls(tls, admin_listen.is_some()));
         Some(ServerConfig {
             listen,
             max_body,
@@ -298,7 +301,47 @@ impl Loader {
             max_connections: raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             max_upstream_event,
             max_upstream_body,
+            tls,
         })
+    }
+
+    /// `server.tls`: both files given, readable and valid (the server reads them again at start).
+    fn tls(&mut self, raw: RawTls, admin_listener: bool) -> Option<TlsConfig> {
+        // Relative paths are relative to the config file's folder.
+        let base = self.base.clone();
+        let path_of = |given: Option<String>| {
+            given.map(|given| {
+                let path = std::path::PathBuf::from(given);
+                match &base {
+                    Some(base) if path.is_relative() => base.join(path),
+                    _ => path,
+                }
+            })
+        };
+        let cert = path_of(raw.cert);
+        let key = path_of(raw.key);
+        let admin_client_ca = path_of(raw.admin_client_ca);
+        let (Some(cert), Some(key)) = (cert, key) else {
+            self.problem("server.tls", "needs both cert and key (PEM files)");
+            return None;
+        };
+        let tls = TlsConfig {
+            cert,
+            key,
+            admin_client_ca,
+        };
+        if let Err((field, message)) = crate::server::tls::check(&tls) {
+            self.problem(&format!("server.tls.{field}"), message);
+            return None;
+        }
+        if tls.admin_client_ca.is_some() && !admin_listener {
+            self.problem(
+                "server.tls.admin_client_ca",
+                "needs server.admin_listen (client certificates guard the admin listener)",
+            );
+            return None;
+        }
+        Some(tls)
     }
 
     fn providers(&mut self, value: Value) -> Vec<ProviderConfig> {

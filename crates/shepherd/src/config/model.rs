@@ -278,6 +278,18 @@ pub struct ServerConfig {
     pub max_upstream_event: usize,
     /// The largest whole (non-streamed) answer taken from an upstream.
     pub max_upstream_body: usize,
+    /// HTTPS on every listener.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `server.tls`: PEM files, read at start and again whenever they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// Clients of the admin listener must present a certificate signed by this CA.
+    pub admin_client_ca: Option<std::path::PathBuf>,
 }
 
 /// How long clients may take.

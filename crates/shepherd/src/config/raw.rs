@@ -40,6 +40,17 @@ pub struct RawServer {
     /// The largest stream event and whole answer taken from an upstream.
     pub max_upstream_event: Option<RawSize>,
     pub max_upstream_body: Option<RawSize>,
+    /// HTTPS: certificate chain and key (PEM files), reloaded when they change.
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// The admin listener asks for a client certificate signed by this CA (PEM).
+    pub admin_client_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

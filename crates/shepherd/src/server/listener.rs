@@ -1,4 +1,6 @@
-//! The accept loop of every listener: hyper (HTTP/1.1 and HTTP/2) on each connection, with the
+//! The accept loop of every listener: hyper (HTTP/1.1 and HTTP/2) on each connection (over TLS
+//! when `server.tls` is set: the handshake runs in the connection's task, within the `header`
+//! timeout, so a slow handshake never holds the accept loop), with the
 //! client-side timeouts (`server.client_timeouts`) enforced on the connection itself, a cap on
 //! open connections (`server.max_connections`: past it a new connection gets a 503 and is
 //! closed), and the shutdown: while draining, answers say `connection: close`; when told to
@@ -67,8 +69,14 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-/// Serves `router` on `listener` until `lifecycle.stop` turns true.
-pub async fn serve(listener: TcpListener, router: Router, limits: Limits, lifecycle: Lifecycle) {
+/// Serves `router` on `listener` (over TLS with `tls`) until `lifecycle.stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    lifecycle: Lifecycle,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -108,23 +116,36 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, lifecy
             started: AtomicU64::new(0),
             _open: OpenGuard::new(open.clone()),
         });
-        let io = TokioIo::new(ClientIo::new(stream, connection.clone(), limits.timeouts));
         let service = ConnService {
             router: router.clone(),
             remote,
-            connection,
+            connection: connection.clone(),
             lifecycle: lifecycle.clone(),
         };
-        let served = builder
-            .serve_connection_with_upgrades(
-                io,
-                hyper::service::service_fn(move |request| service.call(request)),
-            )
-            .into_owned();
-        let watched = graceful.watch(served);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            // Resets, timeouts and clients going away end connections; nothing to report.
-            let _ = watched.await;
+            // Resets, timeouts, failed handshakes and clients going away end connections;
+            // nothing to report.
+            let service = hyper::service::service_fn(move |request| service.call(request));
+            match tls {
+                None => {
+                    let io = TokioIo::new(ClientIo::new(stream, connection, limits.timeouts));
+                    let served = builder.serve_connection_with_upgrades(io, service);
+                    let _ = watcher.watch(served.into_owned()).await;
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.timeouts.header, acceptor.accept(stream));
+                    let Ok(Ok(stream)) = handshake.await else {
+                        return;
+                    };
+                    let io = TokioIo::new(ClientIo::new(stream, connection, limits.timeouts));
+                    let served = builder.serve_connection_with_upgrades(io, service);
+                    let _ = watcher.watch(served.into_owned()).await;
+                }
+            }
         });
     }
     drop(listener);

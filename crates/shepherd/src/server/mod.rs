@@ -8,6 +8,7 @@
 mod edge;
 pub mod listener;
 mod reload;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -122,6 +123,8 @@ fn cors_layer(config: &CorsConfig) -> CorsLayer {
 pub struct Running {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
+    /// The TLS side, when `server.tls` is set (how many certificates were loaded).
+    pub tls: Option<tls::Tls>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -164,6 +167,10 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
         timeouts: config.server.client_timeouts,
         max_connections: config.server.max_connections,
     };
+    let tls = match &config.server.tls {
+        Some(tls) => Some(tls::Tls::start(tls).map_err(std::io::Error::other)?),
+        None => None,
+    };
     let state = Arc::new(AppState::new(config, path.clone()).map_err(std::io::Error::other)?);
     let (stop, stopped) = watch::channel(false);
     let lifecycle = listener::Lifecycle {
@@ -184,6 +191,7 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
             router,
             limits,
             lifecycle.clone(),
+            tls.as_ref().map(tls::Tls::admin),
         )));
     }
     let telemetry = state.runtime().config.telemetry.clone();
@@ -199,6 +207,7 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
             router,
             limits,
             lifecycle.clone(),
+            tls.as_ref().map(tls::Tls::main),
         )));
     }
     let listener = TcpListener::bind(listen).await?;
@@ -208,6 +217,7 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
         app(state.clone()),
         limits,
         lifecycle,
+        tls.as_ref().map(tls::Tls::main),
     )));
     let (shutdown, mut shutdown_requested) = watch::channel(false);
     let closing = state.clone();
@@ -245,6 +255,7 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
     Ok(Running {
         addr,
         state,
+        tls,
         shutdown,
         task,
     })

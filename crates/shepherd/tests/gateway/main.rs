@@ -23,6 +23,7 @@ mod resilience;
 mod secrets;
 mod shutdown;
 mod streaming;
+mod tls;
 mod traces;
 mod upstream_limits;
 mod wire_fidelity;
