@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinHandle;
 
@@ -133,6 +133,28 @@ impl AppState {
         }
         self.governance.prime_static(&config.keys);
         let runtime = Arc::new(build(config, &self.health)?);
+        let known: std::collections::HashSet<String> = old
+            .models
+            .providers()
+            .iter()
+            .flat_map(|provider| provider.key_labels())
+            .collect();
+        let fresh: Vec<(Arc<crate::providers::Provider>, usize)> = runtime
+            .models
+            .providers()
+            .iter()
+            .flat_map(|provider| {
+                provider
+                    .key_labels()
+                    .enumerate()
+                    .filter(|(_, label)| !known.contains(label))
+                    .map(|(index, _)| (provider.clone(), index))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (provider, index) in &fresh {
+            provider.hold_for_check(*index);
+        }
         let mut names: std::collections::HashSet<String> = runtime
             .models
             .deployment_names()
@@ -147,7 +169,53 @@ impl AppState {
         }
         // Forget the state of deployments and keys that are gone.
         self.health.retain(|name| names.contains(name));
+        if !fresh.is_empty() {
+            tracing::info!(
+                keys = fresh.len(),
+                "new upstream keys: each serves once its provider's model list accepts it"
+            );
+            self.check_keys(fresh);
+        }
         Ok(())
+    }
+
+    /// Checks upstream keys new in a reload against their provider's model list, in the
+    /// background; each serves once it passed (or could not be checked), a refused one stays
+    /// out of rotation. Logged and counted (`upstream_key_checks_total`).
+    fn check_keys(&self, fresh: Vec<(Arc<crate::providers::Provider>, usize)>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime (a synchronous caller): nothing can be checked, so nothing is held.
+            for (provider, index) in fresh {
+                provider.release_unchecked(index);
+            }
+            return;
+        };
+        let timeouts = self.runtime().config.server.timeouts;
+        let timeout = (timeouts.connect + timeouts.first_byte).min(Duration::from_secs(10));
+        for (provider, index) in fresh {
+            let metrics = self.metrics.clone();
+            runtime.spawn(async move {
+                let check = provider.check_key(index, timeout).await;
+                let label = provider.key_labels().nth(index).unwrap_or_default();
+                match &check {
+                    crate::providers::KeyCheck::Ok => {
+                        tracing::info!(provider = %provider.name, key = %label, "upstream key accepted by its provider");
+                    }
+                    crate::providers::KeyCheck::Refused(status) => {
+                        tracing::error!(provider = %provider.name, key = %label, status,
+                                        "upstream key refused by its provider: kept out of rotation");
+                    }
+                    crate::providers::KeyCheck::Unverified(why) => {
+                        tracing::warn!(provider = %provider.name, key = %label, why = %why,
+                                       "upstream key could not be checked; serving with it");
+                    }
+                }
+                metrics
+                    .upstream_key_checks
+                    .with_label_values(&[&*provider.name, check.result()])
+                    .inc();
+            });
+        }
     }
 
     /// Reads the config file again and applies it (as a SIGHUP would); a bad file is refused

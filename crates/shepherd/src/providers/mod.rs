@@ -124,7 +124,43 @@ pub struct Provider {
     refused_at: std::sync::Mutex<Vec<Option<tokio::time::Instant>>>,
     /// Some key was refused since the last request served (spares the lock per request).
     any_refused: std::sync::atomic::AtomicBool,
+    /// Per key: `IN_ROTATION`, or held out while a reload's check runs (`CHECKING`), or for
+    /// good after the provider refused it (`REFUSED_BY_CHECK`).
+    vetting: Vec<std::sync::atomic::AtomicU8>,
     pub health_check: Option<HealthCheckConfig>,
+}
+
+const IN_ROTATION: u8 = 0;
+const CHECKING: u8 = 1;
+const REFUSED_BY_CHECK: u8 = 2;
+
+fn key_labels_len_atomics(count: usize) -> Vec<std::sync::atomic::AtomicU8> {
+    (0..count)
+        .map(|_| std::sync::atomic::AtomicU8::new(IN_ROTATION))
+        .collect()
+}
+
+/// What a provider said of a key new in a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// Its model list answered: the key serves.
+    Ok,
+    /// 401 or 403: the key stays out of rotation.
+    Refused(u16),
+    /// No clear answer (a relay without a model list, a timeout): the key serves, with a
+    /// warning.
+    Unverified(String),
+}
+
+impl KeyCheck {
+    /// As `upstream_key_checks_total{result}` says it.
+    pub fn result(&self) -> &'static str {
+        match self {
+            KeyCheck::Ok => "ok",
+            KeyCheck::Refused(_) => "refused",
+            KeyCheck::Unverified(_) => "unverified",
+        }
+    }
 }
 
 /// The key chosen for an attempt.
@@ -169,11 +205,47 @@ impl Provider {
             adapter,
             sent: AtomicU64::new(0),
             keys: key_labels.iter().map(|label| registry.get(label)).collect(),
-            key_labels,
             refused_at: std::sync::Mutex::new(Vec::new()),
             any_refused: std::sync::atomic::AtomicBool::new(false),
+            vetting: key_labels_len_atomics(key_labels.len()),
+            key_labels,
             health_check: config.health_check,
         })
+    }
+
+    /// Holds key `index` out of rotation until its check says (a key new in a reload).
+    pub fn hold_for_check(&self, index: usize) {
+        if let Some(state) = self.vetting.get(index) {
+            state.store(CHECKING, Ordering::Release);
+        }
+    }
+
+    /// Puts key `index` back in rotation without a check.
+    pub fn release_unchecked(&self, index: usize) {
+        if let Some(state) = self.vetting.get(index) {
+            state.store(IN_ROTATION, Ordering::Release);
+        }
+    }
+
+    /// Asks the provider's model list with key `index`: does the provider take the key?
+    pub async fn check_key(&self, index: usize, timeout: std::time::Duration) -> KeyCheck {
+        let Adapter::Remote(remote) = &self.adapter else {
+            return KeyCheck::Ok;
+        };
+        let check = match remote.models_status(index, timeout).await {
+            Ok(status) if (200..300).contains(&status) => KeyCheck::Ok,
+            Ok(status @ (401 | 403)) => KeyCheck::Refused(status),
+            Ok(status) => KeyCheck::Unverified(format!("the model list answered {status}")),
+            Err(error) => KeyCheck::Unverified(error),
+        };
+        if let Some(state) = self.vetting.get(index) {
+            let next = match check {
+                KeyCheck::Refused(_) => REFUSED_BY_CHECK,
+                _ => IN_ROTATION,
+            };
+            state.store(next, Ordering::Release);
+        }
+        check
     }
 
     /// Picks an upstream key round-robin, skipping keys whose breaker is open. When every key
@@ -247,6 +319,13 @@ impl Provider {
         let mut earliest: Option<tokio::time::Instant> = None;
         for step in 0..count {
             let index = usize::try_from((start + step) % count).unwrap_or(0);
+            if self
+                .vetting
+                .get(index)
+                .is_some_and(|state| state.load(Ordering::Acquire) != IN_ROTATION)
+            {
+                continue;
+            }
             match self.keys[index].breaker.admit(cooldown) {
                 Admission::Allowed | Admission::Probe => return KeyChoice::Key(index),
                 Admission::Rejected { until } => {

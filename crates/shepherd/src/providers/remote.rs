@@ -164,6 +164,18 @@ impl Remote {
     /// A health check: the provider's model list answers 2xx within `timeout` (with the first
     /// key).
     pub async fn check(&self, timeout: std::time::Duration) -> Result<(), String> {
+        match self.models_status(0, timeout).await? {
+            status if (200..300).contains(&status) => Ok(()),
+            status => Err(format!("status {status}")),
+        }
+    }
+
+    /// The status of the provider's model list asked with key `index` (no key: none sent).
+    pub async fn models_status(
+        &self,
+        index: usize,
+        timeout: std::time::Duration,
+    ) -> Result<u16, String> {
         let path = match self.wire {
             Wire::OpenAi => "/models".to_owned(),
             Wire::Anthropic => "/v1/models".to_owned(),
@@ -178,18 +190,14 @@ impl Remote {
         for (name, value) in &self.extra_headers {
             request.headers_mut().insert(name.clone(), value.clone());
         }
-        if let Some((name, value)) = self.auth.first() {
+        if let Some((name, value)) = self.auth.get(index) {
             request.headers_mut().insert(name.clone(), value.clone());
         }
         let response = tokio::time::timeout(timeout, self.client.request(request))
             .await
             .map_err(|_| format!("no answer within {timeout:?}"))?
             .map_err(|error| describe(&error))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("status {}", response.status().as_u16()))
-        }
+        Ok(response.status().as_u16())
     }
 }
 

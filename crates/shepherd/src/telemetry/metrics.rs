@@ -43,6 +43,8 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub fallbacks: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// Checks of upstream keys new in a reload (`result`: ok, refused, unverified).
+    pub upstream_key_checks: IntCounterVec,
     deployment_healthy: IntGaugeVec,
     circuit_state: IntGaugeVec,
     budget_limit: GaugeVec,
@@ -213,6 +215,12 @@ impl Metrics {
                 "config_reloads_total",
                 "Config reloads by result (success, failure).",
                 &["result"],
+            ),
+            upstream_key_checks: counter(
+                &r,
+                "upstream_key_checks_total",
+                "Upstream keys new in a reload, checked against the provider's model list before they serve (result: ok, refused, unverified).",
+                &["provider", "result"],
             ),
             deployment_healthy: gauge(
                 &r,

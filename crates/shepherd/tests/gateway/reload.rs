@@ -209,3 +209,126 @@ async fn an_empty_or_keyless_file_is_not_applied_on_a_file_event() {
     server.state.reload().unwrap();
     assert_eq!(works().await, 401, "a SIGHUP does");
 }
+
+/// The upstream keys the mock saw on chat requests since its last reset.
+fn keys_seen(mock: &MockUpstream) -> std::collections::BTreeSet<String> {
+    mock.requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/chat/completions"))
+        .filter_map(|r| r.header("authorization").map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn upstream_keys_new_in_a_reload_are_checked_before_they_serve() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set_behavior(mock_upstream::Behavior {
+        refuse_key: Some("sk-revoked-by-provider".to_owned()),
+        ..Default::default()
+    });
+    let keys = |list: &str| {
+        format!(
+            "server: {{listen: 127.0.0.1:0}}
+providers: {{p: {{kind: openai, base_url: '{}', api_keys: [{list}]}}}}
+models: {{m: {{deployments: [{{provider: p}}]}}}}
+keys: [{{name: svc, key: {CLIENT_KEY}}}]
+",
+            mock.base_url()
+        )
+    };
+    let file = temp_file("shepherd.yaml", &keys("sk-first-key"));
+    let loaded = shepherd::config::load_file(&file.path).unwrap();
+    let server = shepherd::server::start_watching(loaded, file.path.clone())
+        .await
+        .unwrap();
+    let client = test_client();
+    let chat = || {
+        client
+            .post(format!("http://{}/v1/chat/completions", server.addr))
+            .bearer_auth(CLIENT_KEY)
+            .body(
+                json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+            )
+            .send()
+    };
+    let checks = |result: &str| {
+        server
+            .state
+            .metrics
+            .upstream_key_checks
+            .with_label_values(&["p", result])
+            .get()
+    };
+    let wait_for = |result: &'static str, count: u64| {
+        let checks = &checks;
+        async move {
+            for _ in 0..100 {
+                if checks(result) >= count {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("no {result} check");
+        }
+    };
+
+    // A key the provider refuses: reported, and never used.
+    std::fs::write(&file.path, keys("sk-first-key, sk-revoked-by-provider")).unwrap();
+    server.state.reload().unwrap();
+    wait_for("refused", 1).await;
+    mock.reset();
+    mock.set_behavior(mock_upstream::Behavior {
+        refuse_key: Some("sk-revoked-by-provider".to_owned()),
+        ..Default::default()
+    });
+    for _ in 0..6 {
+        assert_eq!(chat().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        keys_seen(&mock).into_iter().collect::<Vec<_>>(),
+        ["Bearer sk-first-key"],
+        "the refused key never served"
+    );
+    let models_asked: Vec<_> = server
+        .state
+        .metrics
+        .render(&server.state)
+        .lines()
+        .filter(|l| l.starts_with("shepherd_upstream_key_checks_total"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        models_asked
+            .iter()
+            .any(|l| l.contains("result=\"refused\"") && l.ends_with(" 1")),
+        "{models_asked:?}"
+    );
+
+    // A key it accepts: checked (on the model list), then in rotation.
+    mock.reset();
+    mock.set_behavior(mock_upstream::Behavior {
+        refuse_key: Some("sk-revoked-by-provider".to_owned()),
+        ..Default::default()
+    });
+    std::fs::write(&file.path, keys("sk-first-key, sk-rotated-in")).unwrap();
+    server.state.reload().unwrap();
+    wait_for("ok", 1).await;
+    let asked: Vec<_> = mock
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/models"))
+        .filter_map(|r| r.header("authorization").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        asked,
+        ["Bearer sk-rotated-in"],
+        "only the new key is checked"
+    );
+    for _ in 0..6 {
+        assert_eq!(chat().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        keys_seen(&mock).into_iter().collect::<Vec<_>>(),
+        ["Bearer sk-first-key", "Bearer sk-rotated-in"]
+    );
+}
