@@ -36,34 +36,61 @@ pub struct RateHeaders {
     pub tokens: Option<Standing>,
 }
 
+/// Header names per protocol, limit kind (requests, tokens) and field (limit, remaining, reset).
+const OPENAI_HEADERS: [[&str; 3]; 2] = [
+    [
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ],
+    [
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    ],
+];
+const ANTHROPIC_HEADERS: [[&str; 3]; 2] = [
+    [
+        "anthropic-ratelimit-requests-limit",
+        "anthropic-ratelimit-requests-remaining",
+        "anthropic-ratelimit-requests-reset",
+    ],
+    [
+        "anthropic-ratelimit-tokens-limit",
+        "anthropic-ratelimit-tokens-remaining",
+        "anthropic-ratelimit-tokens-reset",
+    ],
+];
+
 impl RateHeaders {
     /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for OpenAI clients,
     /// `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` for Anthropic ones.
     pub fn apply(&self, headers: &mut HeaderMap, protocol: ClientProtocol) {
-        for (kind, standing) in [("requests", self.requests), ("tokens", self.tokens)] {
+        let names = match protocol {
+            ClientProtocol::OpenAi => &OPENAI_HEADERS,
+            ClientProtocol::Anthropic => &ANTHROPIC_HEADERS,
+        };
+        for (standing, [limit, remaining, reset]) in
+            [self.requests, self.tokens].into_iter().zip(names)
+        {
             let Some(standing) = standing else { continue };
-            let reset = match protocol {
+            let reset_value = match protocol {
                 ClientProtocol::OpenAi => openai_duration(standing.reset),
                 ClientProtocol::Anthropic => {
                     humantime::format_rfc3339_seconds(SystemTime::now() + standing.reset)
                         .to_string()
                 }
             };
-            let values = [
-                ("limit", standing.limit.to_string()),
-                ("remaining", standing.remaining.to_string()),
-                ("reset", reset),
-            ];
-            for (field, value) in values {
-                let name = match protocol {
-                    ClientProtocol::OpenAi => format!("x-ratelimit-{field}-{kind}"),
-                    ClientProtocol::Anthropic => format!("anthropic-ratelimit-{kind}-{field}"),
-                };
-                if let (Ok(name), Ok(value)) =
-                    (HeaderName::try_from(name), HeaderValue::from_str(&value))
-                {
-                    headers.insert(name, value);
-                }
+            headers.insert(
+                HeaderName::from_static(limit),
+                HeaderValue::from(standing.limit),
+            );
+            headers.insert(
+                HeaderName::from_static(remaining),
+                HeaderValue::from(standing.remaining),
+            );
+            if let Ok(value) = HeaderValue::from_str(&reset_value) {
+                headers.insert(HeaderName::from_static(reset), value);
             }
         }
     }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::Script;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::{Ask, BudgetAsk, Denied, Granted, MemoryLimits, Take, Ticket as AnyTicket, Unit, show};
 use crate::api::errors::ApiError;
@@ -56,6 +56,33 @@ pub struct RedisCounts {
 /// Held leases, to renew: ticket -> (set, member) pairs.
 type Leases = Mutex<HashMap<u64, Vec<(String, String)>>>;
 
+/// Settlements waiting to be sent: requests push (a short lock, a wake-up only when the queue
+/// was empty); one task takes them all and pipelines them.
+#[derive(Debug, Default)]
+struct Queue {
+    items: Mutex<Vec<Settlement>>,
+    wake: Notify,
+    /// The limits are gone: the task sends what is left and stops.
+    closed: std::sync::atomic::AtomicBool,
+    /// Pushed and not yet sent.
+    pending: AtomicU64,
+}
+
+impl Queue {
+    fn push(&self, settlement: Settlement) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let was_empty = {
+            let mut items = lock(&self.items);
+            let was_empty = items.is_empty();
+            items.push(settlement);
+            was_empty
+        };
+        if was_empty {
+            self.wake.notify_one();
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,
@@ -68,12 +95,17 @@ pub struct RedisLimits {
     redis: Arc<SharedRedis>,
     fallback: MemoryLimits,
     admit: Script,
-    settlements: mpsc::UnboundedSender<Settlement>,
+    queue: Arc<Queue>,
     leases: Arc<Leases>,
     next_ticket: AtomicU64,
-    /// Settlements queued and not yet sent.
-    pending: Arc<AtomicU64>,
     pub counts: Arc<RedisCounts>,
+}
+
+impl Drop for RedisLimits {
+    fn drop(&mut self) {
+        self.queue.closed.store(true, Ordering::Release);
+        self.queue.wake.notify_one();
+    }
 }
 
 /// What a settlement sends to `settle.lua`.
@@ -97,8 +129,7 @@ pub struct Ticket {
     tokens: Vec<(String, f64, u64)>,
     concurrency: Option<String>,
     budget: Option<(String, String, u64)>,
-    settlements: mpsc::UnboundedSender<Settlement>,
-    pending: Arc<AtomicU64>,
+    queue: Arc<Queue>,
     settled: bool,
 }
 
@@ -129,10 +160,7 @@ impl Ticket {
                 .take()
                 .map(|(hash, set, estimate)| (hash, set, estimate, cost)),
         };
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        if self.settlements.send(settlement).is_err() {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.queue.push(settlement);
     }
 }
 
@@ -150,16 +178,14 @@ fn unit_micros(take: &Take) -> f64 {
 impl RedisLimits {
     /// Starts the settlement and lease-renewal tasks (on the current runtime).
     pub fn start(redis: Arc<SharedRedis>) -> RedisLimits {
-        let (settlements, queue) = mpsc::unbounded_channel();
+        let queue: Arc<Queue> = Arc::default();
         let leases: Arc<Leases> = Arc::default();
-        let pending = Arc::new(AtomicU64::new(0));
         let counts = Arc::new(RedisCounts::default());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(send_settlements(
                 redis.clone(),
-                queue,
+                queue.clone(),
                 leases.clone(),
-                pending.clone(),
                 counts.clone(),
             ));
             runtime.spawn(renew_leases(Arc::downgrade(&redis), leases.clone()));
@@ -168,10 +194,9 @@ impl RedisLimits {
             redis,
             fallback: MemoryLimits::default(),
             admit: Script::new(include_str!("admit.lua")),
-            settlements,
+            queue,
             leases,
             next_ticket: AtomicU64::new(1),
-            pending,
             counts,
         }
     }
@@ -295,8 +320,7 @@ impl RedisLimits {
                 tokens,
                 concurrency: concurrency_key,
                 budget,
-                settlements: self.settlements.clone(),
-                pending: self.pending.clone(),
+                queue: self.queue.clone(),
                 settled: false,
             }),
             headers,
@@ -346,7 +370,8 @@ impl RedisLimits {
     /// Waits (up to `deadline`) until every queued settlement was sent.
     pub async fn flush(&self, deadline: Duration) {
         let until = tokio::time::Instant::now() + deadline;
-        while self.pending.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < until {
+        while self.queue.pending.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < until
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -429,22 +454,27 @@ fn refusal_of(ask: &Ask, decision: &Decision) -> Option<ApiError> {
     })
 }
 
-/// Sends queued settlements in pipelines; retries while Redis is down (the queue is bounded
+/// Sends queued settlements in pipelines; keeps them while Redis is down (the queue is bounded
 /// by the requests that were admitted), drops what Redis refuses.
 async fn send_settlements(
     redis: Arc<SharedRedis>,
-    mut queue: mpsc::UnboundedReceiver<Settlement>,
+    queue: Arc<Queue>,
     leases: Arc<Leases>,
-    pending: Arc<AtomicU64>,
     counts: Arc<RedisCounts>,
 ) {
     let script = Script::new(include_str!("settle.lua"));
-    let mut batch: Vec<Settlement> = Vec::with_capacity(SETTLE_BATCH);
+    let mut batch: Vec<Settlement> = Vec::new();
     loop {
-        if batch.is_empty() && queue.recv_many(&mut batch, SETTLE_BATCH).await == 0 {
-            return;
-        }
-        {
+        if batch.is_empty() {
+            let closed = queue.closed.load(Ordering::Acquire);
+            batch = std::mem::take(&mut *lock(&queue.items));
+            if batch.is_empty() {
+                if closed {
+                    return;
+                }
+                queue.wake.notified().await;
+                continue;
+            }
             let mut held = lock(&leases);
             for settlement in &batch {
                 held.remove(&settlement.ticket);
@@ -452,45 +482,24 @@ async fn send_settlements(
         }
         let Some(mut connection) = redis.connection() else {
             // Down: keep them (leases expire meanwhile; budgets are what matters) and retry.
+            if queue.closed.load(Ordering::Acquire) {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        // Loaded with every batch: a restarted Redis has an empty script cache.
-        let mut pipe = redis::pipe();
-        pipe.load_script(&script).ignore();
-        for settlement in &batch {
-            let mut invocation = script.prepare_invoke();
-            for (key, _, _) in &settlement.tokens {
-                invocation.key(key);
-            }
-            if let Some(key) = &settlement.concurrency {
-                invocation.key(key);
-            }
-            if let Some((hash, set, _, _)) = &settlement.budget {
-                invocation.key(hash).key(set);
-            }
-            invocation
-                .arg(settlement.tokens.len())
-                .arg(if settlement.concurrency.is_some() {
-                    "1"
-                } else {
-                    "0"
-                })
-                .arg(if settlement.budget.is_some() {
-                    "1"
-                } else {
-                    "0"
-                })
-                .arg(&settlement.member)
-                .arg(settlement.budget.as_ref().map_or(0, |b| b.2))
-                .arg(settlement.budget.as_ref().map_or(0, |b| b.3));
-            for (_, unit, delta) in &settlement.tokens {
-                invocation.arg(*unit).arg(*delta);
-            }
-            pipe.invoke_script(&invocation).ignore();
+        let take = batch.len().min(SETTLE_BATCH);
+        let pipe = settlement_pipeline(&script, &batch[..take]);
+        let mut sent: Result<(), redis::RedisError> = pipe.query_async(&mut connection).await;
+        if matches!(&sent, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            // A restarted Redis has an empty script cache: load it and send once more (no
+            // settlement of the batch ran, the script is the same for all).
+            sent = match script.prepare_invoke().load_async(&mut connection).await {
+                Ok(_) => pipe.query_async(&mut connection).await,
+                Err(error) => Err(error),
+            };
         }
-        let sent: Result<(), redis::RedisError> = pipe.query_async(&mut connection).await;
-        let count = batch.len() as u64;
         match sent {
             Ok(()) => {}
             Err(error) if crate::store::redis::is_outage(&error) => {
@@ -498,13 +507,52 @@ async fn send_settlements(
                 continue;
             }
             Err(error) => {
-                counts.settlements_lost.fetch_add(count, Ordering::Relaxed);
-                tracing::warn!(%error, count, "redis: settlements refused; their leases expire by themselves");
+                counts
+                    .settlements_lost
+                    .fetch_add(take as u64, Ordering::Relaxed);
+                tracing::warn!(%error, count = take, "redis: settlements refused; their leases expire by themselves");
             }
         }
-        batch.clear();
-        pending.fetch_sub(count, Ordering::AcqRel);
+        batch.drain(..take);
+        queue.pending.fetch_sub(take as u64, Ordering::AcqRel);
     }
+}
+
+/// One `EVALSHA settle.lua` per settlement, in one pipeline.
+fn settlement_pipeline(script: &Script, batch: &[Settlement]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for settlement in batch {
+        let mut invocation = script.prepare_invoke();
+        for (key, _, _) in &settlement.tokens {
+            invocation.key(key);
+        }
+        if let Some(key) = &settlement.concurrency {
+            invocation.key(key);
+        }
+        if let Some((hash, set, _, _)) = &settlement.budget {
+            invocation.key(hash).key(set);
+        }
+        invocation
+            .arg(settlement.tokens.len())
+            .arg(if settlement.concurrency.is_some() {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(if settlement.budget.is_some() {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(&settlement.member)
+            .arg(settlement.budget.as_ref().map_or(0, |b| b.2))
+            .arg(settlement.budget.as_ref().map_or(0, |b| b.3));
+        for (_, unit, delta) in &settlement.tokens {
+            invocation.arg(*unit).arg(*delta);
+        }
+        pipe.invoke_script(&invocation).ignore();
+    }
+    pipe
 }
 
 /// Renews the leases this replica holds, every `RENEW_EVERY`, until the Redis handle is gone.
