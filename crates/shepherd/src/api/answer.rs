@@ -17,7 +17,7 @@ use crate::providers::Endpoint;
 use crate::redact::Redactor;
 use crate::translate::errors::ErrorKind;
 use crate::translate::ir::{self, Response as Answer, Usage, UsageSource};
-use crate::translate::{anthropic, errors, gemini, openai};
+use crate::translate::{anthropic, gemini, openai, shapes};
 
 /// A successful answer, in the client's protocol; also its body (for the cache).
 pub fn success(
@@ -53,14 +53,9 @@ pub fn success(
 /// The canonical form of an answer body in the client's protocol (`None` for embeddings, which
 /// have none, or a body that is not an answer).
 pub fn canonical(endpoint: Endpoint, body: &[u8]) -> Option<Answer> {
+    let shape = endpoint.shape()?;
     let value: Value = serde_json::from_slice(body).ok()?;
-    match endpoint {
-        Endpoint::Messages => anthropic::response::decode(&value).ok(),
-        Endpoint::ChatCompletions | Endpoint::Completions => {
-            openai::response::decode_chat(&value).ok()
-        }
-        Endpoint::Embeddings => None,
-    }
+    shape.decode_answer(&value).ok()
 }
 
 #[derive(Deserialize)]
@@ -140,12 +135,11 @@ fn translate(
         )
         .map_err(|detail| ApiError::upstream_bad_response(&detail));
     }
-    let answer = match translation.upstream {
-        Wire::OpenAi => openai::response::decode_chat(body),
-        Wire::Anthropic => anthropic::response::decode(body),
-        Wire::Gemini => gemini::response::decode(body),
-    }
-    .map_err(|detail| ApiError::upstream_bad_response(&detail))?;
+    let Some(shape) = translation.endpoint.shape() else {
+        return Err(ApiError::upstream_bad_response("no shape for the route"));
+    };
+    let answer = shapes::upstream_answer(translation.upstream, body)
+        .map_err(|detail| ApiError::upstream_bad_response(&detail))?;
     let (usage, source) = match answer.usage {
         Some(usage) => (usage, UsageSource::Reported),
         None => (
@@ -154,22 +148,8 @@ fn translate(
         ),
     };
     ctx.set_usage(usage, source);
-    let model = answer
-        .model
-        .clone()
-        .unwrap_or_else(|| translation.model.clone());
-    let envelope = |prefix: &str| openai::response::Envelope {
-        id: new_id(prefix),
-        model: model.clone(),
-        created: unix_now(),
-    };
-    Ok(match translation.endpoint {
-        Endpoint::Messages => anthropic::response::encode(&answer, &new_id("msg_"), &model, &usage),
-        Endpoint::Completions => {
-            openai::response::encode_completion(&answer, &envelope("cmpl-"), &usage)
-        }
-        _ => openai::response::encode_chat(&answer, &envelope("chatcmpl-"), &usage),
-    })
+    let model = answer.model.as_deref().unwrap_or(&translation.model);
+    Ok(shape.encode_answer(&answer, model, &usage, &translation.echo))
 }
 
 /// A fresh answer id in the client protocol's style (`chatcmpl-…`, `msg_…`).
@@ -228,11 +208,7 @@ pub fn upstream_error(
         Conversion::Passthrough { wire, .. } => *wire,
         Conversion::Translate(translation) => translation.upstream,
     };
-    let failure = match upstream_wire {
-        Wire::OpenAi => errors::from_openai(status.as_u16(), &parsed),
-        Wire::Anthropic => errors::from_anthropic(status.as_u16(), &parsed),
-        Wire::Gemini => errors::from_gemini(status.as_u16(), &parsed),
-    };
+    let failure = shapes::upstream_failure(upstream_wire, status.as_u16(), &parsed);
     let (kind, code) = (failure.kind, failure.code.clone());
     let passthrough = matches!(exchange.conversion, Conversion::Passthrough { .. });
     if passthrough && status != StatusCode::UNAUTHORIZED {

@@ -19,7 +19,6 @@ use super::answer;
 use super::errors::ApiError;
 use super::exchange::{self, Conversion, Translation};
 use super::relay::{Mode, Relay, Settings, Translator, Watch};
-use crate::config::Wire;
 use crate::context::RequestContext;
 use crate::providers::{
     ConnectTimer, Endpoint, KeyChoice, UpstreamBody, UpstreamError, UpstreamRequest,
@@ -30,8 +29,7 @@ use crate::routing::{Candidate, Plan};
 use crate::state::Runtime;
 use crate::telemetry::traces::AttemptTrace;
 use crate::translate::errors::ErrorKind;
-use crate::translate::stream::{Decoder, Encoder};
-use crate::translate::{anthropic, gemini, openai};
+use crate::translate::shapes;
 use crate::wire::openai::RequestHead;
 
 /// The shortest wait for a breaker to reopen (no busy loop on a probe in flight).
@@ -437,7 +435,7 @@ async fn attempt(
                 job.runtime.redactor.clone(),
             )),
             Conversion::Translate(translation) => {
-                Mode::Translate(Box::new(translator(translation)))
+                Mode::Translate(Box::new(translator(translation).map_err(Failure::of)?))
             }
         };
         let settings = Settings {
@@ -544,36 +542,20 @@ fn mark_dropped(response: &mut Response, dropped: &[String]) {
 }
 
 /// The decoder of the upstream's stream and the encoder of the client's.
-fn translator(translation: &Translation) -> Translator {
-    let decoder: Box<dyn Decoder> = match translation.upstream {
-        Wire::OpenAi => Box::<openai::stream::ChatDecoder>::default(),
-        Wire::Anthropic => Box::<anthropic::stream::MessagesDecoder>::default(),
-        Wire::Gemini => Box::<gemini::stream::GenerateDecoder>::default(),
-    };
-    let envelope = |prefix: &str| openai::response::Envelope {
-        id: answer::new_id(prefix),
-        model: translation.model.clone(),
-        created: answer::unix_now(),
-    };
-    let encoder: Box<dyn Encoder> = match translation.endpoint {
-        Endpoint::Messages => Box::new(anthropic::stream::MessagesEncoder::new(
-            answer::new_id("msg_"),
-            translation.model.clone(),
-        )),
-        Endpoint::Completions => Box::new(openai::stream::ChatEncoder::new(
-            envelope("cmpl-"),
-            openai::stream::ChunkKind::Completion,
-            translation.include_usage,
-        )),
-        Endpoint::ChatCompletions | Endpoint::Embeddings => {
-            Box::new(openai::stream::ChatEncoder::new(
-                envelope("chatcmpl-"),
-                openai::stream::ChunkKind::Chat,
-                translation.include_usage,
-            ))
-        }
-    };
-    Translator::new(decoder, encoder)
+fn translator(translation: &Translation) -> Result<Translator, ApiError> {
+    let shape = translation
+        .endpoint
+        .shape()
+        .ok_or_else(|| ApiError::unsupported("this route has no streams".to_owned()))?;
+    let encoder = shape.stream_encoder(
+        translation.model.clone(),
+        translation.include_usage,
+        translation.echo.clone(),
+    );
+    Ok(Translator::new(
+        shapes::upstream_decoder(translation.upstream),
+        encoder,
+    ))
 }
 
 pub(super) fn transport_error(error: &UpstreamError) -> ApiError {

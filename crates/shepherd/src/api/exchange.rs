@@ -11,7 +11,8 @@ use crate::config::Wire;
 use crate::providers::{Endpoint, Operation};
 use crate::routing::Deployment;
 use crate::translate::ir::{self, Part, Request};
-use crate::translate::{self, TranslateError, anthropic, gemini, openai};
+use crate::translate::shapes::Echo;
+use crate::translate::{self, TranslateError, anthropic, gemini, openai, responses};
 use crate::wire::openai::RequestHead;
 
 /// What to send upstream, and how the answer comes back.
@@ -50,6 +51,8 @@ pub struct Translation {
     pub model: String,
     /// Embeddings answered by Gemini: base64 asked, and the token estimate.
     pub embeddings_base64: bool,
+    /// What the answer repeats of the request (Responses API).
+    pub echo: Echo,
 }
 
 /// Plans the exchange of a request with `deployment`.
@@ -62,12 +65,12 @@ pub fn plan(
 ) -> Result<Exchange, ApiError> {
     let upstream = deployment.provider.wire();
     let model = &*deployment.upstream_model;
-    if endpoint.wire() == upstream {
+    if endpoint.passthrough() == Some(upstream) {
         let operation = match endpoint {
-            Endpoint::ChatCompletions => Operation::ChatCompletions,
             Endpoint::Completions => Operation::Completions,
             Endpoint::Embeddings => Operation::Embeddings,
             Endpoint::Messages => Operation::Messages,
+            Endpoint::ChatCompletions | Endpoint::Responses => Operation::ChatCompletions,
         };
         let ask_usage = upstream == Wire::OpenAi && endpoint != Endpoint::Embeddings;
         return Ok(Exchange {
@@ -83,23 +86,25 @@ pub fn plan(
     }
     let mut dropped = translate::fields::check(endpoint, upstream, body)
         .map_err(|error| untranslatable(&error))?;
-    let translation = Translation {
+    let mut translation = Translation {
         endpoint,
         upstream,
         include_usage: head.include_usage,
         model: model.to_owned(),
         embeddings_base64: false,
+        echo: Echo::new(),
     };
-    if endpoint == Endpoint::Embeddings {
+    let Some(shape) = endpoint.shape() else {
         return plan_embeddings(body, deployment, translation, dropped);
+    };
+    let mut request = shape
+        .decode_request(body)
+        .map_err(|error| untranslatable(&error))?;
+    if endpoint == Endpoint::Responses {
+        translation.echo = serde_json::from_slice(body)
+            .map(|body| responses::response::echo_of(&body))
+            .unwrap_or_default();
     }
-    let mut request = match endpoint {
-        Endpoint::ChatCompletions => openai::request::decode_chat(body),
-        Endpoint::Completions => openai::request::decode_completion(body),
-        Endpoint::Messages => anthropic::request::decode(body),
-        Endpoint::Embeddings => Err(TranslateError::body("unreachable")),
-    }
-    .map_err(|error| untranslatable(&error))?;
     request.model = model.to_owned();
     request.stream = stream;
     translate::fields::nested_drops(&request, upstream, &mut dropped);

@@ -1,4 +1,4 @@
-//! OpenAI-protocol handlers: chat completions, completions and embeddings.
+//! OpenAI-protocol handlers: chat completions, completions, embeddings and responses.
 
 use std::sync::Arc;
 
@@ -53,4 +53,13 @@ pub async fn embeddings(
     body: Body,
 ) -> Response {
     handle(&state, &ctx, Endpoint::Embeddings, &headers, body).await
+}
+
+pub async fn responses(
+    State(state): State<Arc<AppState>>,
+    Extension(ctx): Ctx,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(&state, &ctx, Endpoint::Responses, &headers, body).await
 }

@@ -26,10 +26,8 @@ use crate::wire::openai::RequestHead;
 
 impl Endpoint {
     pub fn client_protocol(self) -> ClientProtocol {
-        match self {
-            Endpoint::Messages => ClientProtocol::Anthropic,
-            _ => ClientProtocol::OpenAi,
-        }
+        self.shape()
+            .map_or(ClientProtocol::OpenAi, |shape| shape.protocol())
     }
 
     /// The path clients call.
@@ -39,6 +37,7 @@ impl Endpoint {
             Endpoint::Completions => "/v1/completions",
             Endpoint::Embeddings => "/v1/embeddings",
             Endpoint::Messages => "/v1/messages",
+            Endpoint::Responses => "/v1/responses",
         }
     }
 }

@@ -26,8 +26,8 @@ use crate::redact::Redactor;
 use crate::routing::health::InflightGuard;
 use crate::translate::errors::UpstreamFailure;
 use crate::translate::ir::{Event, Usage, UsageSource};
+use crate::translate::shapes;
 use crate::translate::stream::{self as events, DecodeError, Decoder, Encoder};
-use crate::translate::{anthropic, openai};
 use crate::wire::sse::EventSplitter;
 
 pub use super::watch::Watch;
@@ -124,7 +124,7 @@ impl Relay {
         first_byte_deadline: Instant,
     ) -> Result<Relay, ApiError> {
         let capture = settings.capture.map(|wire| Capture {
-            decoder: matches!(mode, Mode::Passthrough(_)).then(|| upstream_decoder(wire)),
+            decoder: matches!(mode, Mode::Passthrough(_)).then(|| shapes::upstream_decoder(wire)),
             builder: AnswerBuilder::default(),
             fill: None,
             events: Vec::new(),
@@ -500,14 +500,5 @@ impl Capture {
                 self.builder.push(&event);
             }
         }
-    }
-}
-
-/// The decoder of an upstream protocol's stream.
-pub fn upstream_decoder(wire: Wire) -> Box<dyn Decoder> {
-    match wire {
-        Wire::OpenAi => Box::<openai::stream::ChatDecoder>::default(),
-        Wire::Anthropic => Box::<anthropic::stream::MessagesDecoder>::default(),
-        Wire::Gemini => Box::<crate::translate::gemini::stream::GenerateDecoder>::default(),
     }
 }

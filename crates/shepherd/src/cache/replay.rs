@@ -11,8 +11,7 @@ use bytes::{Bytes, BytesMut};
 use super::store::Entry;
 use crate::providers::Endpoint;
 use crate::translate::ir::{self, Event, Finish, Part, ToolCall, Usage};
-use crate::translate::stream::Encoder;
-use crate::translate::{anthropic, openai};
+use crate::translate::shapes::Echo;
 
 /// The most choices an answer gathered from a stream may have.
 const MAX_CHOICES: usize = 128;
@@ -180,41 +179,17 @@ pub fn respond(
     if !stream {
         let body = match (&entry.body, answer) {
             (Some(body), _) => body.clone(),
-            (None, Some(answer)) => Bytes::from(whole(answer, endpoint, model).to_string()),
+            (None, Some(answer)) => Bytes::from(whole(answer, endpoint, model)?.to_string()),
             (None, None) => return None,
         };
         return Some(build(body, "application/json"));
     }
     let answer = answer?;
     let usage = answer.usage.unwrap_or_default();
-    let mut encoder: Box<dyn Encoder> = match endpoint {
-        Endpoint::Messages => Box::new(anthropic::stream::MessagesEncoder::new(
-            crate::api::new_id("msg_"),
-            answer_model(answer, model),
-        )),
-        Endpoint::Embeddings => return None,
-        Endpoint::ChatCompletions | Endpoint::Completions => {
-            let kind = if endpoint == Endpoint::Completions {
-                openai::stream::ChunkKind::Completion
-            } else {
-                openai::stream::ChunkKind::Chat
-            };
-            let prefix = if endpoint == Endpoint::Completions {
-                "cmpl-"
-            } else {
-                "chatcmpl-"
-            };
-            Box::new(openai::stream::ChatEncoder::new(
-                openai::response::Envelope {
-                    id: crate::api::new_id(prefix),
-                    model: answer_model(answer, model),
-                    created: crate::api::unix_now(),
-                },
-                kind,
-                include_usage,
-            ))
-        }
-    };
+    let mut encoder =
+        endpoint
+            .shape()?
+            .stream_encoder(answer_model(answer, model), include_usage, Echo::new());
     let mut out = BytesMut::new();
     for event in events(answer) {
         encoder.encode(event, &mut out);
@@ -227,23 +202,14 @@ pub fn respond(
     Some(response)
 }
 
-fn whole(answer: &ir::Response, endpoint: Endpoint, model: &str) -> serde_json::Value {
+fn whole(answer: &ir::Response, endpoint: Endpoint, model: &str) -> Option<serde_json::Value> {
     let usage = answer.usage.unwrap_or_default();
     let model = answer_model(answer, model);
-    let envelope = |prefix: &str| openai::response::Envelope {
-        id: crate::api::new_id(prefix),
-        model: model.clone(),
-        created: crate::api::unix_now(),
-    };
-    match endpoint {
-        Endpoint::Messages => {
-            anthropic::response::encode(answer, &crate::api::new_id("msg_"), &model, &usage)
-        }
-        Endpoint::Completions => {
-            openai::response::encode_completion(answer, &envelope("cmpl-"), &usage)
-        }
-        _ => openai::response::encode_chat(answer, &envelope("chatcmpl-"), &usage),
-    }
+    Some(
+        endpoint
+            .shape()?
+            .encode_answer(answer, &model, &usage, &Echo::new()),
+    )
 }
 
 fn build(body: Bytes, content_type: &'static str) -> Response {

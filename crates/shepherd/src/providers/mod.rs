@@ -29,14 +29,18 @@ pub enum Endpoint {
     Embeddings,
     /// Anthropic's `/v1/messages`.
     Messages,
+    /// OpenAI's Responses API, `/v1/responses`.
+    Responses,
 }
 
 impl Endpoint {
-    /// The client protocol of the route.
-    pub fn wire(self) -> Wire {
-        match self {
-            Endpoint::Messages => Wire::Anthropic,
-            _ => Wire::OpenAi,
+    /// The upstream protocol that takes the route's bodies unchanged (pass-through), if any:
+    /// same shape, not same vendor (a Responses request is never passed to a chat upstream).
+    pub fn passthrough(self) -> Option<Wire> {
+        match self.shape() {
+            Some(shape) => shape.passthrough(),
+            // Embeddings: OpenAI's own shape.
+            None => Some(Wire::OpenAi),
         }
     }
 }

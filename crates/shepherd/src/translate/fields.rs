@@ -144,14 +144,47 @@ pub const MESSAGES: &[Row] = &[
     row("mcp_servers", SERVER_SIDE, C, SERVER_SIDE),
 ];
 
+const STORED: Fate = R(
+    "stored responses are not kept by the gateway: send the whole conversation in `input` (with `store: false`)",
+);
+const PROMPT_TEMPLATE: Fate =
+    R("prompt templates live on OpenAI's servers; send `instructions` and `input`");
+
+/// OpenAI `/v1/responses`, translated for every upstream (chat completions, messages,
+/// generateContent). Built-in tools are refused by the decoder, naming the tool.
+pub const RESPONSES: &[Row] = &[
+    row("model", C, C, C),
+    row("input", C, C, C),
+    row("instructions", C, C, C),
+    row("stream", C, C, C),
+    row("max_output_tokens", C, C, C),
+    row("temperature", C, C, C),
+    row("top_p", C, C, C),
+    row("tools", C, C, C),
+    row("tool_choice", C, C, C),
+    row("parallel_tool_calls", C, C, D),
+    row("text", C, C, C),
+    row("reasoning", C, C, C),
+    row("user", C, C, D),
+    row("safety_identifier", C, C, D),
+    row("metadata", D, D, D),
+    row("store", D, D, D),
+    row("include", D, D, D),
+    row("truncation", D, D, D),
+    row("service_tier", D, D, D),
+    row("prompt_cache_key", D, D, D),
+    row("top_logprobs", D, D, D),
+    row("stream_options", D, D, D),
+    row("max_tool_calls", D, D, D),
+    row("previous_response_id", STORED, STORED, STORED),
+    row("conversation", STORED, STORED, STORED),
+    row("background", STORED, STORED, STORED),
+    row("prompt", PROMPT_TEMPLATE, PROMPT_TEMPLATE, PROMPT_TEMPLATE),
+];
+
 /// The table of a client route.
 pub fn table(endpoint: Endpoint) -> &'static [Row] {
-    match endpoint {
-        Endpoint::ChatCompletions => CHAT,
-        Endpoint::Completions => COMPLETION,
-        Endpoint::Embeddings => EMBEDDINGS,
-        Endpoint::Messages => MESSAGES,
-    }
+    endpoint.shape().map_or(EMBEDDINGS, |shape| shape.fields())
 }
 
 impl Row {
@@ -256,6 +289,7 @@ mod tests {
             (COMPLETION, "completions"),
             (EMBEDDINGS, "embeddings"),
             (MESSAGES, "messages"),
+            (RESPONSES, "responses"),
         ] {
             for row in table {
                 assert!(

@@ -11,6 +11,8 @@ pub mod fields;
 pub mod gemini;
 pub mod ir;
 pub mod openai;
+pub mod responses;
+pub mod shapes;
 pub mod stream;
 pub mod tokens;
 

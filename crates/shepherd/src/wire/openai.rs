@@ -15,7 +15,8 @@ pub struct RequestHead {
     pub stream: bool,
     /// The client asked for usage in its stream (`stream_options.include_usage`).
     pub include_usage: bool,
-    /// `max_completion_tokens`, else `max_tokens` (OpenAI and Anthropic), when a number.
+    /// `max_completion_tokens`, else `max_output_tokens` (Responses), else `max_tokens` (OpenAI
+    /// and Anthropic), when a number.
     pub max_output: Option<u64>,
     /// Byte range of the `model` value (quotes included) inside the body.
     model_span: (usize, usize),
@@ -35,6 +36,9 @@ struct RawHead<'a> {
     max_tokens: Option<&'a RawValue>,
     #[serde(borrow)]
     max_completion_tokens: Option<&'a RawValue>,
+    /// The Responses API's output limit.
+    #[serde(borrow)]
+    max_output_tokens: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -166,7 +170,10 @@ impl RequestHead {
         };
         let max_output = match output_limit("max_completion_tokens", raw.max_completion_tokens)? {
             Some(max) => Some(max),
-            None => output_limit("max_tokens", raw.max_tokens)?,
+            None => match output_limit("max_output_tokens", raw.max_output_tokens)? {
+                Some(max) => Some(max),
+                None => output_limit("max_tokens", raw.max_tokens)?,
+            },
         };
         let start = offset_in(body, model_raw.get().as_bytes());
         Ok(RequestHead {

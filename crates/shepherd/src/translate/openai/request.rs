@@ -329,7 +329,7 @@ pub fn decode_completion(body: &[u8]) -> Result<Request, TranslateError> {
 
 /// Appends `parts` as a message, merged into the previous one when the role is the same (tool
 /// results of one turn become one message).
-fn push_message(messages: &mut Vec<Message>, role: Role, parts: Vec<Part>) {
+pub(crate) fn push_message(messages: &mut Vec<Message>, role: Role, parts: Vec<Part>) {
     if parts.is_empty() {
         return;
     }
@@ -340,7 +340,7 @@ fn push_message(messages: &mut Vec<Message>, role: Role, parts: Vec<Part>) {
 }
 
 /// A schema that is an object schema, as Anthropic requires (none given: no arguments).
-fn object_schema(parameters: Option<Value>) -> Value {
+pub(crate) fn object_schema(parameters: Option<Value>) -> Value {
     match parameters {
         Some(Value::Object(schema)) if !schema.is_empty() => Value::Object(schema),
         _ => json!({"type": "object", "properties": {}}),
@@ -395,7 +395,7 @@ fn content_parts(content: Content, at: &str) -> Result<Vec<Part>, TranslateError
 }
 
 /// `data:<type>;base64,<data>` or an http(s) URL.
-fn media_of_url(url: &str, at: &str) -> Result<Media, TranslateError> {
+pub(crate) fn media_of_url(url: &str, at: &str) -> Result<Media, TranslateError> {
     if let Some(rest) = url.strip_prefix("data:") {
         let (head, data) = rest.split_once(',').ok_or_else(|| {
             TranslateError::field(at, "a data URL needs a `,` before its data".to_owned())

@@ -1,0 +1,213 @@
+//! The client shapes a gateway route speaks, each one codec behind the `ClientShape` trait, and
+//! the upstream protocols' decoders: the one place that maps a route or a wire to its code.
+//! The request path (`api/exchange.rs`, `answer.rs`, `attempts.rs`, `relay.rs`,
+//! `cache/replay.rs`) asks these for codecs instead of matching on protocols; a new client shape
+//! is one module plus its line in `Endpoint::shape` (see docs/architecture.md).
+
+use serde_json::Value;
+
+use super::errors::{self, UpstreamFailure};
+use super::fields::{self, Row};
+use super::ir::{Request, Response, Usage};
+use super::stream::{Decoder, Encoder};
+use super::{TranslateError, anthropic, gemini, openai, responses};
+use crate::api::errors::ClientProtocol;
+use crate::api::new_id;
+use crate::config::Wire;
+use crate::providers::Endpoint;
+
+/// What a response repeats of its request (Responses API only; empty for the other shapes).
+pub use responses::response::Echo;
+
+/// One client shape's codec: its requests decoded into the canonical form, canonical answers
+/// and stream events encoded back.
+pub trait ClientShape: Sync {
+    /// The protocol of its errors.
+    fn protocol(&self) -> ClientProtocol;
+    /// The upstream protocol that takes this shape's bodies unchanged (pass-through), if any.
+    fn passthrough(&self) -> Option<Wire>;
+    /// What translation does with each top-level field.
+    fn fields(&self) -> &'static [Row];
+    fn decode_request(&self, body: &[u8]) -> Result<Request, TranslateError>;
+    /// An answer body of this shape read back into the canonical form (for the cache).
+    fn decode_answer(&self, body: &Value) -> Result<Response, String>;
+    fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, echo: &Echo) -> Value;
+    fn stream_encoder(&self, model: String, include_usage: bool, echo: Echo) -> Box<dyn Encoder>;
+}
+
+impl Endpoint {
+    /// The codec of the route's shape (`None` for embeddings, which are not chat).
+    pub fn shape(self) -> Option<&'static dyn ClientShape> {
+        match self {
+            Endpoint::ChatCompletions => Some(&ChatShape),
+            Endpoint::Completions => Some(&CompletionShape),
+            Endpoint::Messages => Some(&MessagesShape),
+            Endpoint::Responses => Some(&ResponsesShape),
+            Endpoint::Embeddings => None,
+        }
+    }
+}
+
+fn envelope(prefix: &str, model: &str) -> openai::response::Envelope {
+    openai::response::Envelope {
+        id: new_id(prefix),
+        model: model.to_owned(),
+        created: crate::api::unix_now(),
+    }
+}
+
+struct ChatShape;
+
+impl ClientShape for ChatShape {
+    fn protocol(&self) -> ClientProtocol {
+        ClientProtocol::OpenAi
+    }
+    fn passthrough(&self) -> Option<Wire> {
+        Some(Wire::OpenAi)
+    }
+    fn fields(&self) -> &'static [Row] {
+        fields::CHAT
+    }
+    fn decode_request(&self, body: &[u8]) -> Result<Request, TranslateError> {
+        openai::request::decode_chat(body)
+    }
+    fn decode_answer(&self, body: &Value) -> Result<Response, String> {
+        openai::response::decode_chat(body)
+    }
+    fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, _: &Echo) -> Value {
+        openai::response::encode_chat(answer, &envelope("chatcmpl-", model), usage)
+    }
+    fn stream_encoder(&self, model: String, include_usage: bool, _: Echo) -> Box<dyn Encoder> {
+        Box::new(openai::stream::ChatEncoder::new(
+            envelope("chatcmpl-", &model),
+            openai::stream::ChunkKind::Chat,
+            include_usage,
+        ))
+    }
+}
+
+struct CompletionShape;
+
+impl ClientShape for CompletionShape {
+    fn protocol(&self) -> ClientProtocol {
+        ClientProtocol::OpenAi
+    }
+    fn passthrough(&self) -> Option<Wire> {
+        Some(Wire::OpenAi)
+    }
+    fn fields(&self) -> &'static [Row] {
+        fields::COMPLETION
+    }
+    fn decode_request(&self, body: &[u8]) -> Result<Request, TranslateError> {
+        openai::request::decode_completion(body)
+    }
+    fn decode_answer(&self, body: &Value) -> Result<Response, String> {
+        openai::response::decode_chat(body)
+    }
+    fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, _: &Echo) -> Value {
+        openai::response::encode_completion(answer, &envelope("cmpl-", model), usage)
+    }
+    fn stream_encoder(&self, model: String, include_usage: bool, _: Echo) -> Box<dyn Encoder> {
+        Box::new(openai::stream::ChatEncoder::new(
+            envelope("cmpl-", &model),
+            openai::stream::ChunkKind::Completion,
+            include_usage,
+        ))
+    }
+}
+
+struct MessagesShape;
+
+impl ClientShape for MessagesShape {
+    fn protocol(&self) -> ClientProtocol {
+        ClientProtocol::Anthropic
+    }
+    fn passthrough(&self) -> Option<Wire> {
+        Some(Wire::Anthropic)
+    }
+    fn fields(&self) -> &'static [Row] {
+        fields::MESSAGES
+    }
+    fn decode_request(&self, body: &[u8]) -> Result<Request, TranslateError> {
+        anthropic::request::decode(body)
+    }
+    fn decode_answer(&self, body: &Value) -> Result<Response, String> {
+        anthropic::response::decode(body)
+    }
+    fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, _: &Echo) -> Value {
+        anthropic::response::encode(answer, &new_id("msg_"), model, usage)
+    }
+    fn stream_encoder(&self, model: String, _: bool, _: Echo) -> Box<dyn Encoder> {
+        Box::new(anthropic::stream::MessagesEncoder::new(
+            new_id("msg_"),
+            model,
+        ))
+    }
+}
+
+struct ResponsesShape;
+
+impl ResponsesShape {
+    fn envelope(model: &str, echo: Echo) -> responses::response::Envelope {
+        responses::response::Envelope {
+            id: new_id("resp_"),
+            model: model.to_owned(),
+            created: crate::api::unix_now(),
+            echo,
+        }
+    }
+}
+
+impl ClientShape for ResponsesShape {
+    fn protocol(&self) -> ClientProtocol {
+        ClientProtocol::OpenAi
+    }
+    /// No upstream protocol here speaks the Responses API: always translated.
+    fn passthrough(&self) -> Option<Wire> {
+        None
+    }
+    fn fields(&self) -> &'static [Row] {
+        fields::RESPONSES
+    }
+    fn decode_request(&self, body: &[u8]) -> Result<Request, TranslateError> {
+        responses::request::decode(body)
+    }
+    fn decode_answer(&self, body: &Value) -> Result<Response, String> {
+        responses::response::decode(body)
+    }
+    fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, echo: &Echo) -> Value {
+        responses::response::encode(answer, &Self::envelope(model, echo.clone()), usage)
+    }
+    fn stream_encoder(&self, model: String, _: bool, echo: Echo) -> Box<dyn Encoder> {
+        Box::new(responses::stream::ResponsesEncoder::new(Self::envelope(
+            &model, echo,
+        )))
+    }
+}
+
+/// The decoder of an upstream protocol's stream.
+pub fn upstream_decoder(wire: Wire) -> Box<dyn Decoder> {
+    match wire {
+        Wire::OpenAi => Box::<openai::stream::ChatDecoder>::default(),
+        Wire::Anthropic => Box::<anthropic::stream::MessagesDecoder>::default(),
+        Wire::Gemini => Box::<gemini::stream::GenerateDecoder>::default(),
+    }
+}
+
+/// An upstream protocol's whole answer in the canonical form.
+pub fn upstream_answer(wire: Wire, body: &Value) -> Result<Response, String> {
+    match wire {
+        Wire::OpenAi => openai::response::decode_chat(body),
+        Wire::Anthropic => anthropic::response::decode(body),
+        Wire::Gemini => gemini::response::decode(body),
+    }
+}
+
+/// An upstream protocol's error body, classified.
+pub fn upstream_failure(wire: Wire, status: u16, body: &Value) -> UpstreamFailure {
+    match wire {
+        Wire::OpenAi => errors::from_openai(status, body),
+        Wire::Anthropic => errors::from_anthropic(status, body),
+        Wire::Gemini => errors::from_gemini(status, body),
+    }
+}
