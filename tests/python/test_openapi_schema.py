@@ -423,3 +423,73 @@ def test_several_choices(http, schema, stream):
     for line in response.text.splitlines():
         if line.startswith("data: ") and line != "data: [DONE]":
             schema(json.loads(line[6:]), "CreateChatCompletionStreamResponse", "n=2 chunk")
+
+
+# --------------------------------------------------------------------------------------
+# Responses API
+# --------------------------------------------------------------------------------------
+
+RESPONSES = "/v1/responses"
+
+
+def _event_schemas(schema) -> dict[str, str]:
+    """The schema name of each Responses stream event type (one per branch of the spec's
+    ResponseStreamEvent), so each event is checked against its own type's schema."""
+    names = {}
+    for branch in schema.raw_schema("ResponseStreamEvent")["anyOf"]:
+        name = branch["$ref"].rsplit("/", 1)[-1]
+        for event_type in schema.raw_schema(name)["properties"]["type"].get("enum", []):
+            names[event_type] = name
+    return names
+
+
+def _check_events(schema, events: list[dict], what: str) -> None:
+    names = _event_schemas(schema)
+    for i, event in enumerate(events):
+        assert event.get("type") in names, f"{what}: event {i} has no type of the spec: {event}"
+        schema(event, names[event["type"]], f"{what} event {i} ({event['type']})")
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+}
+
+
+@pytest.mark.parametrize("tools", [False, True], ids=["text", "tool-call"])
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_responses_object(http, schema, model, tools):
+    body = {"model": model, "input": "What is the weather in Paris?", "instructions": "Be brief."}
+    if tools:
+        body["tools"] = [WEATHER]
+    r = http.post(RESPONSES, json=body)
+    assert r.status_code == 200, r.text
+    schema(r.json(), "Response", f"{model} response")
+
+
+@pytest.mark.parametrize("tools", [False, True], ids=["text", "tool-call"])
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_responses_stream_events(http, schema, model, tools):
+    body = {"model": model, "input": "What is the weather in Paris?", "stream": True}
+    if tools:
+        body["tools"] = [WEATHER]
+    stream = sse_post(http, RESPONSES, body, headers={"x-mock-chunks": "4"})
+    assert stream.status_code == 200
+    assert not stream.done, "the Responses stream has no [DONE]"
+    _check_events(schema, stream.events, model)
+    assert stream.events[-1]["type"] == "response.completed"
+
+
+def test_responses_cut_stream_fails_in_shape(http, schema):
+    body = {"model": "claude-x", "input": "break", "stream": True}
+    stream = sse_post(http, RESPONSES, body, headers={"x-mock-cut-after": "2", "x-mock-chunks": "6"})
+    _check_events(schema, stream.events, "cut stream")
+    assert stream.events[-1]["type"] == "response.failed"
+    assert stream.events[-1]["response"]["error"]["message"]
+
+
+@pytest.mark.parametrize("model", ["gpt-4.1", "claude-x"])
+def test_responses_errors(http, schema, model):
+    r = http.post(RESPONSES, json={"model": model, "input": "hi"}, headers={"x-mock-status": "429"})
+    _valid_error(schema, r, 429, f"{model} responses 429")
+    r = http.post(RESPONSES, json={"model": model, "input": [{"type": "bogus_item"}]})
+    _valid_error(schema, r, 400, f"{model} responses bad item")

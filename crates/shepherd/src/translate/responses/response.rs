@@ -26,14 +26,31 @@ pub fn echo_of(body: &Value) -> Echo {
         "truncation",
         "user",
     ];
-    ECHOED
+    let mut echo: Echo = ECHOED
         .iter()
         .filter_map(|field| {
             body.get(*field)
                 .filter(|value| !value.is_null())
                 .map(|value| ((*field).to_owned(), value.clone()))
         })
-        .collect()
+        .collect();
+    if let Some(Value::Array(tools)) = echo.get_mut("tools") {
+        tools.iter_mut().for_each(complete_function_tool);
+    }
+    echo
+}
+
+/// A function tool as the response repeats it: `strict` as applied (off unless asked for) and
+/// `description` null when absent.
+fn complete_function_tool(tool: &mut Value) {
+    let Value::Object(fields) = tool else { return };
+    if fields.get("type").and_then(Value::as_str) != Some("function") {
+        return;
+    }
+    let strict = fields.get("strict").and_then(Value::as_bool) == Some(true);
+    fields.insert("strict".to_owned(), Value::Bool(strict));
+    fields.entry("description").or_insert(Value::Null);
+    fields.entry("parameters").or_insert(Value::Null);
 }
 
 /// The identity of one response: its id, model and creation time.
@@ -69,8 +86,6 @@ pub fn object(envelope: &Envelope, status: &str, output: Vec<Value>) -> Value {
         "tools": [],
         "top_p": null,
         "truncation": "disabled",
-        "usage": null,
-        "user": null,
     });
     if let Value::Object(fields) = &mut object {
         for (name, value) in &envelope.echo {
@@ -101,7 +116,10 @@ pub fn finish(object: &mut Value, finish: Finish, usage: &Usage) {
 pub fn usage_json(usage: &Usage) -> Value {
     json!({
         "input_tokens": usage.input,
-        "input_tokens_details": {"cached_tokens": usage.cache_read},
+        "input_tokens_details": {
+            "cached_tokens": usage.cache_read,
+            "cache_write_tokens": usage.cache_write,
+        },
         "output_tokens": usage.output,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning},
         "total_tokens": usage.total(),
@@ -114,7 +132,9 @@ pub fn usage_of(usage: &Value) -> Option<Usage> {
         cache_read: usage["input_tokens_details"]["cached_tokens"]
             .as_u64()
             .unwrap_or(0),
-        cache_write: 0,
+        cache_write: usage["input_tokens_details"]["cache_write_tokens"]
+            .as_u64()
+            .unwrap_or(0),
         output: usage.get("output_tokens")?.as_u64()?,
         reasoning: usage["output_tokens_details"]["reasoning_tokens"]
             .as_u64()

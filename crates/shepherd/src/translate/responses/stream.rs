@@ -5,6 +5,7 @@
 //! `.done` events; then `response.completed` (or `response.incomplete`) carrying the whole
 //! response with usage, or `response.failed` when the upstream fails mid-stream.
 
+use axum::http::StatusCode;
 use bytes::BytesMut;
 use serde_json::{Value, json};
 
@@ -12,7 +13,7 @@ use super::response::{
     Envelope, call_item, finish as finish_object, item_id, message_item, object, reasoning_item,
     text_part,
 };
-use crate::api::errors::{ApiError, ClientProtocol};
+use crate::api::errors::ApiError;
 use crate::translate::ir::{Event, Finish, Usage};
 use crate::translate::stream::{Encoder, write_named};
 
@@ -311,11 +312,13 @@ impl Encoder for ResponsesEncoder {
     fn fail(&mut self, error: &ApiError, out: &mut BytesMut) {
         self.start(out);
         let mut response = object(&self.envelope, "failed", self.output());
-        let body = error.body(ClientProtocol::OpenAi);
-        response["error"] = json!({
-            "code": body["error"]["code"].as_str().unwrap_or("server_error"),
-            "message": error.message,
-        });
+        // The response's error codes are a closed list: a rate limit, or a server error.
+        let code = if error.status == StatusCode::TOO_MANY_REQUESTS {
+            "rate_limit_exceeded"
+        } else {
+            "server_error"
+        };
+        response["error"] = json!({"code": code, "message": error.message});
         self.emit("response.failed", json!({"response": response}), out);
     }
 

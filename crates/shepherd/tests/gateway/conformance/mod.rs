@@ -336,12 +336,16 @@ async fn images_json_mode_and_stop_sequences() {
                 "{case}: {sent}"
             ),
         }
-        assert_eq!(
-            upstream_setting(upstream, &sent, "stop"),
-            json!(["END"]),
-            "{case}"
-        );
-        // JSON mode: OpenAI clients ask `json_object`, Anthropic clients a JSON schema.
+        if client != Client::Responses {
+            // The Responses API has no stop sequences.
+            assert_eq!(
+                upstream_setting(upstream, &sent, "stop"),
+                json!(["END"]),
+                "{case}"
+            );
+        }
+        // JSON mode: OpenAI clients ask `json_object`, Anthropic and Responses clients a JSON
+        // schema.
         match (client, upstream) {
             (Client::OpenAi, Upstream::OpenAi) => {
                 assert_eq!(sent["response_format"]["type"], "json_object", "{case}")
@@ -350,14 +354,14 @@ async fn images_json_mode_and_stop_sequences() {
                 sent["system"].as_str().unwrap().contains("JSON object"),
                 "{case}: {sent}"
             ),
-            (Client::Anthropic, Upstream::OpenAi) => {
+            (Client::Anthropic | Client::Responses, Upstream::OpenAi) => {
                 assert_eq!(sent["response_format"]["type"], "json_schema", "{case}");
                 assert_eq!(
                     sent["response_format"]["json_schema"]["schema"]["required"],
                     json!(["location"])
                 );
             }
-            (Client::Anthropic, Upstream::Anthropic) => {
+            (Client::Anthropic | Client::Responses, Upstream::Anthropic) => {
                 assert_eq!(
                     sent["output_config"]["format"]["type"], "json_schema",
                     "{case}"
@@ -368,7 +372,7 @@ async fn images_json_mode_and_stop_sequences() {
                     sent["generationConfig"]["responseMimeType"], "application/json",
                     "{case}"
                 );
-                if client == Client::Anthropic {
+                if client != Client::OpenAi {
                     assert_eq!(
                         sent["generationConfig"]["responseJsonSchema"]["required"],
                         json!(["location"])
@@ -443,6 +447,13 @@ async fn cached_prompt_tokens_are_counted_once() {
             // OpenAI's prompt tokens include cached ones; Anthropic's input tokens exclude them.
             Client::OpenAi => assert_eq!(raw["usage"]["prompt_tokens"], plain_input + 5, "{case}"),
             Client::Anthropic => assert_eq!(raw["usage"]["input_tokens"], plain_input, "{case}"),
+            Client::Responses => {
+                assert_eq!(raw["usage"]["input_tokens"], plain_input + 5, "{case}");
+                assert_eq!(
+                    raw["usage"]["input_tokens_details"]["cached_tokens"], 5,
+                    "{case}"
+                );
+            }
         }
     }
 }
@@ -551,7 +562,7 @@ async fn upstream_errors_in_the_callers_protocol() {
             assert!(!text.contains(UPSTREAM_KEY), "{case}: key leaked: {text}");
             let body: Value = serde_json::from_str(&text).unwrap();
             match client {
-                Client::OpenAi => {
+                Client::OpenAi | Client::Responses => {
                     assert_eq!(status, openai_status, "{case}: {body}");
                     assert!(body["error"]["message"].is_string(), "{case}: {body}");
                     assert!(body["error"]["type"].is_string(), "{case}: {body}");
@@ -599,6 +610,10 @@ async fn broken_streams_end_with_the_callers_error_event() {
                 .unwrap_or_else(|| panic!("{case}: no error event"));
             match client {
                 Client::OpenAi => assert!(error["error"]["message"].is_string(), "{case}: {error}"),
+                Client::Responses => assert!(
+                    error["response"]["error"]["message"].is_string(),
+                    "{case}: {error}"
+                ),
                 Client::Anthropic => {
                     assert_eq!(error["type"], "error", "{case}");
                     assert!(error["error"]["type"].is_string(), "{case}: {error}");
