@@ -174,3 +174,41 @@ def test_built_in_tools_are_refused_clearly(client):
     with pytest.raises(openai.BadRequestError) as raised:
         client.responses.create(model="claude-x", input="hi", tools=[{"type": "web_search"}])
     assert "web_search" in str(raised.value)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_previous_response_id_continues_on_every_upstream(client, model, reset_mock):
+    # Started on another upstream kind than the one that continues it.
+    first = client.responses.create(model="claude-x" if model != "claude-x" else "gemini-x",
+                                    input="My name is Ada")
+    assert first.store is True
+    second = client.responses.create(model=model, input="What is my name?", previous_response_id=first.id)
+    assert second.previous_response_id == first.id
+    assert "What is my name?" in second.output_text
+    sent = json.dumps(reset_mock.requests()[-1]["body"])
+    assert "My name is Ada" in sent and first.output_text in sent and "What is my name?" in sent
+    # Streams are kept too, and continue at once.
+    events = list(client.responses.create(model=model, input="Count", previous_response_id=second.id, stream=True))
+    third = events[-1].response
+    assert third.previous_response_id == second.id
+    fourth = client.responses.create(model=model, input="Again", previous_response_id=third.id)
+    assert fourth.status == "completed"
+
+
+def test_retrieve_and_delete(client):
+    created = client.responses.create(model="gpt-4.1", input="Keep me")
+    fetched = client.responses.retrieve(created.id)
+    assert fetched.id == created.id and fetched.output_text == created.output_text
+    client.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model="gpt-4.1", input="more", previous_response_id=created.id)
+    assert "not found" in str(raised.value)
+
+
+def test_store_false_is_not_kept(client):
+    created = client.responses.create(model="gemini-x", input="Forget me", store=False)
+    assert created.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)

@@ -68,6 +68,8 @@ pub struct AppState {
     pub config_path: Option<PathBuf>,
     /// Started with `--allow-empty`: a config that serves nothing may be loaded.
     pub allow_empty: AtomicBool,
+    /// Responses API answers being written to the store (`api/stored.rs`).
+    pub saving_responses: Arc<crate::api::stored::Saving>,
 }
 
 /// What asked for a reload.
@@ -110,6 +112,7 @@ impl AppState {
             reloads: ReloadCounts::default(),
             config_path,
             allow_empty: AtomicBool::new(false),
+            saving_responses: Arc::default(),
         })
     }
 

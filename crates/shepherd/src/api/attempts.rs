@@ -29,7 +29,7 @@ use crate::routing::{Candidate, Plan};
 use crate::state::Runtime;
 use crate::telemetry::traces::AttemptTrace;
 use crate::translate::errors::ErrorKind;
-use crate::translate::shapes;
+use crate::translate::shapes::{self, Echo};
 use crate::wire::openai::RequestHead;
 
 /// The shortest wait for a breaker to reopen (no busy loop on a probe in flight).
@@ -56,6 +56,8 @@ pub struct Job<'a> {
     pub fill: std::sync::Mutex<Option<crate::cache::Fill>>,
     /// Turns true when the server's shutdown grace is over.
     pub end: tokio::sync::watch::Receiver<bool>,
+    /// What a Responses API answer repeats of its request, and who stores it.
+    pub echo: Echo,
 }
 
 impl Job<'_> {
@@ -380,15 +382,22 @@ async fn attempt(
     let deployment = &candidate.deployment;
     let protocol = job.endpoint.client_protocol();
     let timeouts = job.runtime.config.server.timeouts;
-    let exchange = exchange::plan(job.endpoint, job.head, job.body, deployment, job.stream)
-        .map_err(|error| Failure {
-            // The request cannot be put in this upstream's protocol: not the upstream's fault,
-            // and no other attempt changes it.
-            kind: ErrorKind::InvalidRequest,
-            code: None,
-            retry_after: None,
-            answer: Err(error),
-        })?;
+    let exchange = exchange::plan(
+        job.endpoint,
+        job.head,
+        job.body,
+        deployment,
+        job.stream,
+        &job.echo,
+    )
+    .map_err(|error| Failure {
+        // The request cannot be put in this upstream's protocol: not the upstream's fault,
+        // and no other attempt changes it.
+        kind: ErrorKind::InvalidRequest,
+        code: None,
+        retry_after: None,
+        answer: Err(error),
+    })?;
     let inflight = deployment.health.start();
     let first_byte_deadline = deadline.min(Instant::now() + timeouts.first_byte);
     let timer = ConnectTimer::default();

@@ -499,6 +499,50 @@ impl ApiError {
         .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
     }
 
+    /// `previous_response_id` names no response this key may continue (unknown, expired,
+    /// deleted, or another key's).
+    pub fn previous_response_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "previous_response_not_found",
+            format!("Previous response with id '{id}' not found."),
+        )
+        .with_param("previous_response_id")
+    }
+
+    /// `GET`/`DELETE /v1/responses/{id}` of a response this key does not have.
+    pub fn response_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            format!("No response with id '{id}' found."),
+        )
+    }
+
+    /// Stored responses are off (`state.response_retention: 0s`).
+    pub fn responses_not_kept(field: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "stored_responses_disabled",
+            "This gateway keeps no responses (state.response_retention is 0s): send the whole conversation in `input`.".to_owned(),
+        )
+        .with_param(field)
+    }
+
+    /// The database that keeps responses cannot be read.
+    pub fn store_unavailable(detail: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "state_unavailable",
+            format!("The gateway cannot read its stored responses: {detail}"),
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+    }
+
     /// The admin API is off: the config has no `admin` section.
     pub fn admin_disabled() -> Self {
         Self::new(

@@ -12,7 +12,7 @@ use crate::providers::{Endpoint, Operation};
 use crate::routing::Deployment;
 use crate::translate::ir::{self, Part, Request};
 use crate::translate::shapes::Echo;
-use crate::translate::{self, TranslateError, anthropic, gemini, openai, responses};
+use crate::translate::{self, TranslateError, anthropic, gemini, openai};
 use crate::wire::openai::RequestHead;
 
 /// What to send upstream, and how the answer comes back.
@@ -62,6 +62,7 @@ pub fn plan(
     body: &Bytes,
     deployment: &Deployment,
     stream: bool,
+    echo: &Echo,
 ) -> Result<Exchange, ApiError> {
     let upstream = deployment.provider.wire();
     let model = &*deployment.upstream_model;
@@ -86,13 +87,13 @@ pub fn plan(
     }
     let mut dropped = translate::fields::check(endpoint, upstream, body)
         .map_err(|error| untranslatable(&error))?;
-    let mut translation = Translation {
+    let translation = Translation {
         endpoint,
         upstream,
         include_usage: head.include_usage,
         model: model.to_owned(),
         embeddings_base64: false,
-        echo: Echo::new(),
+        echo: echo.clone(),
     };
     let Some(shape) = endpoint.shape() else {
         return plan_embeddings(body, deployment, translation, dropped);
@@ -100,11 +101,6 @@ pub fn plan(
     let mut request = shape
         .decode_request(body)
         .map_err(|error| untranslatable(&error))?;
-    if endpoint == Endpoint::Responses {
-        translation.echo = serde_json::from_slice(body)
-            .map(|body| responses::response::echo_of(&body))
-            .unwrap_or_default();
-    }
     request.model = model.to_owned();
     request.stream = stream;
     translate::fields::nested_drops(&request, upstream, &mut dropped);

@@ -16,6 +16,7 @@ pub mod models;
 pub mod openai;
 mod proxy;
 mod relay;
+pub mod stored;
 pub mod watch;
 
 /// The client routes, as limits name them.
@@ -34,6 +35,7 @@ pub const CACHEABLE_ROUTES: &[&str] = &[
     "/v1/completions",
     "/v1/embeddings",
     "/v1/messages",
+    "/v1/responses",
 ];
 
 pub use answer::{new_id, unix_now};

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::attempts::{self, ATTEMPTS_HEADER, DEPLOYMENT_HEADER, Job};
 use super::body;
 use super::errors::{ApiError, ClientProtocol};
+use super::stored;
 use crate::cache::{CACHE_HEADER, Cache, Lookup, replay};
 use crate::context::{Accounting, RequestContext};
 use crate::governance::admission::Demand;
@@ -22,6 +23,7 @@ use crate::providers::remote::HOPS_HEADER;
 use crate::routing::canary::Requester;
 use crate::state::{AppState, Runtime};
 use crate::translate::ir::{UsageSource, estimate_tokens};
+use crate::translate::shapes::Echo;
 use crate::wire::openai::RequestHead;
 
 impl Endpoint {
@@ -71,6 +73,11 @@ pub async fn proxy(
         body::read_within(body, headers, server.max_body, server.client_timeouts.body).await?;
     ctx.set_bytes_in(body.len());
     let (head, body) = head_of(&runtime, ctx, &key, endpoint.route(), body)?;
+    let (body, echo) = if endpoint == Endpoint::Responses {
+        stored::prepare(state, &runtime, &key.id, body).await?
+    } else {
+        (body, Echo::new())
+    };
     let stream = head.stream && endpoint != Endpoint::Embeddings;
     ctx.set_request(&head.model, stream, body.len());
     let Some(model_name) = runtime.models.name_of(&head.model) else {
@@ -162,9 +169,14 @@ pub async fn proxy(
             .inc();
         match lookup {
             Lookup::Hit(entry) => {
-                if let Some(mut response) =
-                    replay::respond(&entry, endpoint, stream, head.include_usage, &head.model)
-                {
+                if let Some(mut response) = replay::respond(
+                    &entry,
+                    endpoint,
+                    stream,
+                    head.include_usage,
+                    &head.model,
+                    &echo,
+                ) {
                     ctx.set_cache_hit(entry.deployment.clone());
                     if let Some(usage) = entry.answer.as_ref().and_then(|a| a.usage) {
                         ctx.set_usage(usage, UsageSource::Reported);
@@ -193,6 +205,7 @@ pub async fn proxy(
         hops,
         fill: std::sync::Mutex::new(fill),
         end: state.end_streams.subscribe(),
+        echo,
     };
     let mut response = attempts::run(job, plan).await?;
     rate_headers.apply(response.headers_mut(), protocol);

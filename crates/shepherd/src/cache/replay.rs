@@ -174,22 +174,24 @@ pub fn respond(
     stream: bool,
     include_usage: bool,
     model: &str,
+    echo: &Echo,
 ) -> Option<Response> {
     let answer = entry.answer.as_ref();
+    let shape = endpoint.shape();
+    // Answers with an identity of their own (stored responses) are encoded anew.
+    let same_bytes = shape.is_none_or(|shape| !shape.fresh_per_answer());
     if !stream {
         let body = match (&entry.body, answer) {
-            (Some(body), _) => body.clone(),
-            (None, Some(answer)) => Bytes::from(whole(answer, endpoint, model)?.to_string()),
-            (None, None) => return None,
+            (Some(body), _) if same_bytes => body.clone(),
+            (_, Some(answer)) => Bytes::from(whole(answer, endpoint, model, echo)?.to_string()),
+            (_, None) => return None,
         };
         return Some(build(body, "application/json"));
     }
     let answer = answer?;
     let usage = answer.usage.unwrap_or_default();
     let mut encoder =
-        endpoint
-            .shape()?
-            .stream_encoder(answer_model(answer, model), include_usage, Echo::new());
+        shape?.stream_encoder(answer_model(answer, model), include_usage, echo.clone());
     let mut out = BytesMut::new();
     for event in events(answer) {
         encoder.encode(event, &mut out);
@@ -202,13 +204,18 @@ pub fn respond(
     Some(response)
 }
 
-fn whole(answer: &ir::Response, endpoint: Endpoint, model: &str) -> Option<serde_json::Value> {
+fn whole(
+    answer: &ir::Response,
+    endpoint: Endpoint,
+    model: &str,
+    echo: &Echo,
+) -> Option<serde_json::Value> {
     let usage = answer.usage.unwrap_or_default();
     let model = answer_model(answer, model);
     Some(
         endpoint
             .shape()?
-            .encode_answer(answer, &model, &usage, &Echo::new()),
+            .encode_answer(answer, &model, &usage, echo),
     )
 }
 

@@ -101,10 +101,16 @@ impl Loader {
             }
             Some(RawDuration(retention)) => Some(retention),
         };
+        let response_retention = match raw.response_retention {
+            None => Some(Duration::from_secs(30 * 86_400)),
+            Some(RawDuration(zero)) if zero.is_zero() => None,
+            Some(RawDuration(retention)) => Some(retention),
+        };
         Some(StateConfig {
             database,
             redis,
             usage_retention,
+            response_retention,
         })
     }
 

@@ -142,6 +142,9 @@ pub struct StateConfig {
     pub redis: Option<RedisConfig>,
     /// Ledger rows older than this are rolled up per day and removed; `None`: kept for ever.
     pub usage_retention: Option<Duration>,
+    /// How long Responses API answers are kept (`previous_response_id`, `GET /v1/responses/{id}`);
+    /// `None`: not kept.
+    pub response_retention: Option<Duration>,
 }
 
 /// A rate limit: `amount` per `period`, up to `burst` at once.

@@ -81,6 +81,8 @@ pub struct RawState {
     pub on_redis_failure: Option<RawRedisFailure>,
     /// Ledger rows older than this become per-day sums (`0s`: kept for ever).
     pub usage_retention: Option<RawDuration>,
+    /// How long Responses API answers are kept for `previous_response_id` (`0s`: not kept).
+    pub response_retention: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::api::errors::ApiError;
-use crate::api::{anthropic, count_tokens, health, models, openai};
+use crate::api::{anthropic, count_tokens, health, models, openai, stored};
 use crate::config::{Config, CorsConfig};
 use crate::state::AppState;
 
@@ -52,6 +52,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/responses", post(openai::responses))
+        .route(
+            "/v1/responses/{id}",
+            get(stored::retrieve).delete(stored::delete),
+        )
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::retrieve))
         .route("/v1/messages", post(anthropic::messages))
@@ -306,7 +310,19 @@ fn refresh_keys(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 const PRUNE_FIRST: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Rolls up ledger rows past the retention, hourly, off the request threads.
+/// Removes the stored responses past their retention (they are already unreadable).
+async fn prune_responses(state: &AppState) {
+    let store = state.governance.store.clone();
+    let now = crate::governance::admission::now_ms();
+    match tokio::task::spawn_blocking(move || store.prune_responses(now)).await {
+        Ok(Ok(0)) | Err(_) => {}
+        Ok(Ok(removed)) => tracing::info!(removed, "stored responses: expired ones removed"),
+        Ok(Err(error)) => tracing::warn!(%error, "stored responses: cannot remove expired ones"),
+    }
+}
+
+/// Rolls up ledger rows past the retention and removes expired stored responses, hourly, off
+/// the request threads.
 fn prune_ledger(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         tokio::time::sleep(PRUNE_FIRST).await;
@@ -314,6 +330,7 @@ fn prune_ledger(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            prune_responses(&state).await;
             let Some(retention) = state.runtime().config.state.usage_retention else {
                 continue;
             };

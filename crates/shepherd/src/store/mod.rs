@@ -1,13 +1,16 @@
 //! Durable state behind small traits: virtual keys (`KeyStore`) and the usage ledger
 //! (`UsageStore`). The embedded default is SQLite (`sqlite.rs`); PostgreSQL (`postgres.rs`),
-//! shared by replicas, implements the same traits. Nothing outside this module names a backend:
+//! shared by replicas, implements the same traits. Stored Responses API answers
+//! (`ResponseStore`, for `previous_response_id`) live there too. Nothing outside this module names a backend:
 //! `open` picks it from the config. Nothing on a request's path calls these: keys are cached in
 //! memory and usage is written in batches by a background writer.
 
 pub mod postgres;
+mod postgres_responses;
 mod postgres_usage;
 pub mod redis;
 pub mod sqlite;
+mod sqlite_responses;
 mod sqlite_usage;
 
 use std::sync::Arc;
@@ -151,8 +154,42 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Keys and usage together: what a database backend provides.
-pub trait Store: KeyStore + UsageStore {
+/// A Responses API answer kept so a conversation can continue from it (`previous_response_id`)
+/// on any upstream and any replica. Only the key that made it can read or delete it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResponse {
+    /// `resp_…`.
+    pub id: String,
+    pub key_id: String,
+    /// Unix milliseconds.
+    pub created_ms: i64,
+    /// Unix milliseconds; past it, the response is gone.
+    pub expires_ms: i64,
+    /// The `response` object as the client got it (JSON).
+    pub response: String,
+    /// The conversation items that led to it (JSON array): the earlier turns and this
+    /// request's input; continuing appends this response's output and the new input.
+    pub input: String,
+}
+
+pub trait ResponseStore: Send + Sync {
+    /// Inserts (or replaces) a stored response.
+    fn save_response(&self, stored: &StoredResponse) -> Result<(), StoreError>;
+    /// The response `id` of `key_id`, unless it expired before `now_ms`.
+    fn load_response(
+        &self,
+        id: &str,
+        key_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<StoredResponse>, StoreError>;
+    /// Removes the response `id` of `key_id`; whether there was one.
+    fn delete_response(&self, id: &str, key_id: &str) -> Result<bool, StoreError>;
+    /// Removes the responses expired before `now_ms`; returns how many.
+    fn prune_responses(&self, now_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// Keys, usage and stored responses together: what a database backend provides.
+pub trait Store: KeyStore + UsageStore + ResponseStore {
     /// The backend's name, as metrics and `/readyz` say it.
     fn kind(&self) -> &'static str;
 }

@@ -85,6 +85,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (day, key_id, model, deployment, route)
     );
     CREATE INDEX usage_daily_key ON usage_daily (key_id, day);",
+    // Stored Responses API answers (`previous_response_id`), per key, until they expire.
+    "CREATE TABLE responses (
+        id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        response TEXT NOT NULL,
+        input TEXT NOT NULL
+    );
+    CREATE INDEX responses_expiry ON responses (expires_ms);",
 ];
 
 #[derive(Debug)]

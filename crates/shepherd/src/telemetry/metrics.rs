@@ -45,6 +45,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Checks of upstream keys new in a reload (`result`: ok, refused, unverified).
     pub upstream_key_checks: IntCounterVec,
+    pub stored_responses: IntCounterVec,
     deployment_healthy: IntGaugeVec,
     circuit_state: IntGaugeVec,
     budget_limit: GaugeVec,
@@ -221,6 +222,12 @@ impl Metrics {
                 "upstream_key_checks_total",
                 "Upstream keys new in a reload, checked against the provider's model list before they serve (result: ok, refused, unverified).",
                 &["provider", "result"],
+            ),
+            stored_responses: counter(
+                &r,
+                "stored_responses_total",
+                "Responses API answers kept for previous_response_id, and their use (operation: save, continue, get, delete; result: ok, not_found, error).",
+                &["operation", "result"],
             ),
             deployment_healthy: gauge(
                 &r,

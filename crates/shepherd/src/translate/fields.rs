@@ -145,7 +145,7 @@ pub const MESSAGES: &[Row] = &[
 ];
 
 const STORED: Fate = R(
-    "stored responses are not kept by the gateway: send the whole conversation in `input` (with `store: false`)",
+    "conversation objects and background responses are not kept by the gateway: continue with `previous_response_id`, or send the whole conversation in `input`",
 );
 const PROMPT_TEMPLATE: Fate =
     R("prompt templates live on OpenAI's servers; send `instructions` and `input`");
@@ -168,7 +168,9 @@ pub const RESPONSES: &[Row] = &[
     row("user", C, C, D),
     row("safety_identifier", C, C, D),
     row("metadata", D, D, D),
-    row("store", D, D, D),
+    // Handled by the gateway (`api/stored.rs`), which takes them out before translation.
+    row("store", C, C, C),
+    row("previous_response_id", C, C, C),
     row("include", D, D, D),
     row("truncation", D, D, D),
     row("service_tier", D, D, D),
@@ -176,7 +178,6 @@ pub const RESPONSES: &[Row] = &[
     row("top_logprobs", D, D, D),
     row("stream_options", D, D, D),
     row("max_tool_calls", D, D, D),
-    row("previous_response_id", STORED, STORED, STORED),
     row("conversation", STORED, STORED, STORED),
     row("background", STORED, STORED, STORED),
     row("prompt", PROMPT_TEMPLATE, PROMPT_TEMPLATE, PROMPT_TEMPLATE),

@@ -33,6 +33,11 @@ pub trait ClientShape: Sync {
     fn decode_answer(&self, body: &Value) -> Result<Response, String>;
     fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, echo: &Echo) -> Value;
     fn stream_encoder(&self, model: String, include_usage: bool, echo: Echo) -> Box<dyn Encoder>;
+    /// Each answer has an identity of its own (a stored response): a cached answer is encoded
+    /// anew rather than replayed byte for byte.
+    fn fresh_per_answer(&self) -> bool {
+        false
+    }
 }
 
 impl Endpoint {
@@ -182,6 +187,9 @@ impl ClientShape for ResponsesShape {
         Box::new(responses::stream::ResponsesEncoder::new(Self::envelope(
             &model, echo,
         )))
+    }
+    fn fresh_per_answer(&self) -> bool {
+        true
     }
 }
 

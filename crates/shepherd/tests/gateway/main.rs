@@ -22,6 +22,7 @@ mod replicas;
 mod resilience;
 mod secrets;
 mod shutdown;
+mod stored_responses;
 mod streaming;
 mod tls;
 mod traces;

@@ -701,3 +701,69 @@ async fn postgres_killed_for_thirty_seconds_loses_no_usage_record() {
         assert!(replica.alive());
     }
 }
+
+#[tokio::test]
+async fn a_response_stored_by_one_replica_is_continued_on_another() {
+    let c = cluster(
+        3,
+        "  - {name: svc, key: sk-svc-1}\n  - {name: other, key: sk-other-1}",
+        "",
+    )
+    .await;
+    let respond = |replica: usize, key: &str, body: Value| {
+        c.client
+            .post(c.url_of(replica, "/v1/responses"))
+            .bearer_auth(key)
+            .header("cache-control", "no-store")
+            .body(body.to_string())
+    };
+    let first = respond(
+        0,
+        "sk-svc-1",
+        json!({"model": "m", "input": "My name is Ada"}),
+    );
+    let first = json_of(first.send().await.unwrap()).await;
+    let id = first["id"].as_str().unwrap();
+    assert_eq!(first["store"], true, "{first}");
+    let second = respond(
+        1,
+        "sk-svc-1",
+        json!({"model": "m", "input": "What is my name?", "previous_response_id": id}),
+    );
+    let second = json_of(second.send().await.unwrap()).await;
+    assert_eq!(second["previous_response_id"], id, "{second}");
+    let sent = c.mock.requests().pop().unwrap().json().unwrap();
+    let contents: Vec<&str> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        [
+            "My name is Ada",
+            "Mock reply to: My name is Ada",
+            "What is my name?"
+        ],
+        "the whole conversation went upstream from the other replica"
+    );
+    let path = format!("/v1/responses/{id}");
+    let read = |replica: usize, key: &str| {
+        c.client
+            .get(c.url_of(replica, &path))
+            .bearer_auth(key)
+            .send()
+    };
+    let got = read(2, "sk-svc-1").await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(json_of(got).await["id"], id);
+    assert_eq!(read(2, "sk-other-1").await.unwrap().status(), 404);
+    let other = respond(
+        2,
+        "sk-other-1",
+        json!({"model": "m", "input": "hi", "previous_response_id": id}),
+    );
+    let other = other.send().await.unwrap();
+    assert_eq!(other.status(), 400, "another key cannot continue it");
+}

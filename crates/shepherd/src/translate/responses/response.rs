@@ -2,13 +2,39 @@
 //! message with `output_text`, `function_call`), its status (`completed`, or `incomplete` with a
 //! reason) and usage; and the reverse, for answers the gateway reads back (the cache).
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 
 use crate::translate::ir::{Finish, Part, Response, Usage};
 
-/// What the response object repeats of the request (instructions, tools, settings); empty when
-/// unknown (a cached answer).
-pub type Echo = Map<String, Value>;
+/// What the response object repeats of the request (instructions, tools, settings; empty when
+/// unknown), and who keeps the finished response for `previous_response_id`, if anyone.
+#[derive(Clone, Default)]
+pub struct Echo {
+    pub fields: Map<String, Value>,
+    pub keeper: Option<Arc<dyn Keeper>>,
+}
+
+impl Echo {
+    pub fn new() -> Echo {
+        Echo::default()
+    }
+}
+
+impl std::fmt::Debug for Echo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Echo")
+            .field("fields", &self.fields.len())
+            .field("kept", &self.keeper.is_some())
+            .finish()
+    }
+}
+
+/// Keeps a finished (`completed` or `incomplete`) response object.
+pub trait Keeper: Send + Sync {
+    fn keep(&self, response: &Value);
+}
 
 /// The request fields a response object repeats, taken from the client's body.
 pub fn echo_of(body: &Value) -> Echo {
@@ -17,6 +43,7 @@ pub fn echo_of(body: &Value) -> Echo {
         "max_output_tokens",
         "metadata",
         "parallel_tool_calls",
+        "previous_response_id",
         "reasoning",
         "temperature",
         "text",
@@ -26,7 +53,7 @@ pub fn echo_of(body: &Value) -> Echo {
         "truncation",
         "user",
     ];
-    let mut echo: Echo = ECHOED
+    let mut fields: Map<String, Value> = ECHOED
         .iter()
         .filter_map(|field| {
             body.get(*field)
@@ -34,10 +61,13 @@ pub fn echo_of(body: &Value) -> Echo {
                 .map(|value| ((*field).to_owned(), value.clone()))
         })
         .collect();
-    if let Some(Value::Array(tools)) = echo.get_mut("tools") {
+    if let Some(Value::Array(tools)) = fields.get_mut("tools") {
         tools.iter_mut().for_each(complete_function_tool);
     }
-    echo
+    Echo {
+        fields,
+        keeper: None,
+    }
 }
 
 /// A function tool as the response repeats it: `strict` as applied (off unless asked for) and
@@ -60,6 +90,15 @@ pub struct Envelope {
     pub model: String,
     pub created: u64,
     pub echo: Echo,
+}
+
+impl Envelope {
+    /// Hands a finished response to its keeper, if it has one.
+    pub fn keep(&self, response: &Value) {
+        if let Some(keeper) = &self.echo.keeper {
+            keeper.keep(response);
+        }
+    }
 }
 
 /// The response object with `status` and `output` (usage and details added by the caller).
@@ -88,7 +127,7 @@ pub fn object(envelope: &Envelope, status: &str, output: Vec<Value>) -> Value {
         "truncation": "disabled",
     });
     if let Value::Object(fields) = &mut object {
-        for (name, value) in &envelope.echo {
+        for (name, value) in &envelope.echo.fields {
             fields.insert(name.clone(), value.clone());
         }
     }
@@ -203,6 +242,7 @@ pub fn encode(answer: &Response, envelope: &Envelope, usage: &Usage) -> Value {
     flush(&mut text, &mut output);
     let mut object = object(envelope, "completed", output);
     finish(&mut object, answer.finish, usage);
+    envelope.keep(&object);
     object
 }
 

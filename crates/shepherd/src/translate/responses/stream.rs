@@ -301,6 +301,7 @@ impl Encoder for ResponsesEncoder {
         }
         let mut response = object(&self.envelope, "completed", self.output());
         finish_object(&mut response, self.finish, usage);
+        self.envelope.keep(&response);
         let kind = if response["status"] == "incomplete" {
             "response.incomplete"
         } else {

@@ -1,0 +1,258 @@
+//! Stored Responses API answers: `previous_response_id` continues a conversation on any
+//! upstream with the whole conversation sent, `GET`/`DELETE /v1/responses/{id}`, one key's
+//! responses invisible to another, `store: false`, retention (expiry and `0s`), streams and
+//! cached answers kept like any other.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+async fn respond(h: &Harness, key: &str, body: Value) -> (u16, Value) {
+    let response = h
+        .client
+        .post(h.url("/v1/responses"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, json_of(response).await)
+}
+
+async fn get(h: &Harness, key: &str, id: &str) -> (u16, Value) {
+    let response = h
+        .client
+        .get(h.url(&format!("/v1/responses/{id}")))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, json_of(response).await)
+}
+
+/// The user and assistant texts the upstream received, in order (OpenAI-compatible upstream).
+fn sent_texts(h: &Harness) -> Vec<String> {
+    let sent = h.mock.requests().pop().unwrap().json().unwrap();
+    sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_conversation_continues_across_upstreams_with_its_whole_history() {
+    let h = start().await;
+    let (status, first) = respond(
+        &h,
+        CLIENT_KEY,
+        json!({"model": "claude-x", "input": "My name is Ada", "instructions": "Be brief"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["store"], true);
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    let (_, second) = respond(
+        &h,
+        CLIENT_KEY,
+        json!({"model": "gemini-x", "input": [{"role": "user", "content": "And my job?"}],
+               "previous_response_id": first_id}),
+    )
+    .await;
+    assert_eq!(second["previous_response_id"], first_id.as_str());
+    assert_eq!(
+        second["instructions"],
+        Value::Null,
+        "instructions are not carried over"
+    );
+    let second_id = second["id"].as_str().unwrap().to_owned();
+    let (status, third) = respond(
+        &h,
+        CLIENT_KEY,
+        json!({"model": "gpt-4.1", "input": "Summarize", "previous_response_id": second_id}),
+    )
+    .await;
+    assert_eq!(status, 200, "{third}");
+    assert_eq!(
+        sent_texts(&h),
+        [
+            "My name is Ada",
+            "Mock reply to: My name is Ada",
+            "And my job?",
+            "Mock reply to: And my job?",
+            "Summarize"
+        ],
+        "three upstream kinds, one conversation"
+    );
+    let (status, stored) = get(&h, CLIENT_KEY, &first_id).await;
+    assert_eq!(status, 200);
+    assert_eq!(stored, first, "GET returns the response as it was answered");
+}
+
+#[tokio::test]
+async fn one_keys_responses_are_invisible_to_another_and_delete_removes_them() {
+    let h = start().await;
+    let (_, first) = respond(
+        &h,
+        CLIENT_KEY,
+        json!({"model": "local-mock", "input": "hi"}),
+    )
+    .await;
+    let id = first["id"].as_str().unwrap();
+    let (status, error) = respond(
+        &h,
+        LIMITED_KEY,
+        json!({"model": "local-mock", "input": "more", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_openai_error(&error, "previous_response_not_found");
+    assert_eq!(error["error"]["param"], "previous_response_id");
+    assert_eq!(get(&h, LIMITED_KEY, id).await.0, 404);
+    let deleted = |key: &'static str| {
+        h.client
+            .delete(h.url(&format!("/v1/responses/{id}")))
+            .bearer_auth(key)
+            .send()
+    };
+    assert_eq!(deleted(LIMITED_KEY).await.unwrap().status(), 404);
+    let gone = deleted(CLIENT_KEY).await.unwrap();
+    assert_eq!(gone.status(), 200);
+    assert_eq!(
+        json_of(gone).await,
+        json!({"id": id, "object": "response", "deleted": true})
+    );
+    let (status, error) = get(&h, CLIENT_KEY, id).await;
+    assert_eq!(status, 404);
+    assert_openai_error(&error, "not_found");
+    let (status, _) = respond(
+        &h,
+        CLIENT_KEY,
+        json!({"model": "local-mock", "input": "more", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(status, 400, "a deleted response cannot be continued");
+    let unauthenticated = h
+        .client
+        .get(h.url(&format!("/v1/responses/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+}
+
+#[tokio::test]
+async fn store_false_keeps_nothing_and_bad_values_are_refused() {
+    let h = start().await;
+    let (_, answer) = respond(
+        &h,
+        CLIENT_KEY,
+        json!({"model": "local-mock", "input": "hi", "store": false}),
+    )
+    .await;
+    assert_eq!(answer["store"], false);
+    let id = answer["id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get(&h, CLIENT_KEY, id).await.0, 404);
+    for (field, value) in [("store", json!("yes")), ("previous_response_id", json!(7))] {
+        let mut body = json!({"model": "local-mock", "input": "hi"});
+        body[field] = value;
+        let (status, error) = respond(&h, CLIENT_KEY, body).await;
+        assert_eq!(status, 400, "{field}");
+        assert_eq!(error["error"]["param"], field);
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_response_is_continued_at_once() {
+    let h = start().await;
+    let streamed = h
+        .client
+        .post(h.url("/v1/responses"))
+        .bearer_auth(CLIENT_KEY)
+        .body(json!({"model": "gpt-4.1", "input": "Stream me", "stream": true}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let events = sse_payloads(streamed).await;
+    let completed: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(completed["type"], "response.completed");
+    let id = completed["response"]["id"].as_str().unwrap();
+    // No pause: the continuation waits for the write if it is not done yet.
+    let (status, next) = respond(
+        &h,
+        CLIENT_KEY,
+        json!({"model": "gpt-4.1", "input": "Again", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(
+        sent_texts(&h),
+        ["Stream me", "Mock reply to: Stream me", "Again"]
+    );
+}
+
+#[tokio::test]
+async fn a_cached_answer_is_a_response_of_its_own_and_is_kept() {
+    let h = start().await;
+    let body = json!({"model": "cached-gpt", "input": "Cache me"});
+    let (_, first) = respond(&h, CLIENT_KEY, body.clone()).await;
+    let again = h
+        .client
+        .post(h.url("/v1/responses"))
+        .bearer_auth(CLIENT_KEY)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.headers()["x-cache"], "HIT");
+    let again = json_of(again).await;
+    assert_ne!(again["id"], first["id"], "each answer has its own id");
+    assert_eq!(again["output"][0]["content"], first["output"][0]["content"]);
+    let id = again["id"].as_str().unwrap();
+    let (status, stored) = get(&h, CLIENT_KEY, id).await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(h.mock.stats().requests, 1, "one upstream call for both");
+}
+
+#[tokio::test]
+async fn responses_expire_after_the_retention_and_0s_keeps_none() {
+    let h = start_with("state: {response_retention: 1s}").await;
+    let (_, first) = respond(
+        &h,
+        CLIENT_KEY,
+        json!({"model": "local-mock", "input": "hi"}),
+    )
+    .await;
+    let id = first["id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get(&h, CLIENT_KEY, id).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(&h, CLIENT_KEY, id).await.0, 404, "expired");
+
+    let h = start_with("state: {response_retention: 0s}").await;
+    let (_, answer) = respond(
+        &h,
+        CLIENT_KEY,
+        json!({"model": "local-mock", "input": "hi"}),
+    )
+    .await;
+    assert_eq!(
+        answer["store"], false,
+        "nothing kept, and the answer says so"
+    );
+    let (status, error) = respond(
+        &h,
+        CLIENT_KEY,
+        json!({"model": "local-mock", "input": "hi", "previous_response_id": answer["id"]}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_openai_error(&error, "stored_responses_disabled");
+}
