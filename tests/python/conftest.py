@@ -49,6 +49,7 @@ providers:
   up: {{kind: openai, base_url: '{upstream}', api_keys: ['{upstream_key}']}}
   anth: {{kind: anthropic, base_url: '{upstream_root}', api_keys: ['{upstream_key}']}}
   gem: {{kind: gemini, base_url: '{upstream_root}', api_keys: ['{upstream_key}']}}
+  resp: {{kind: openai, base_url: '{upstream}', api_keys: ['{upstream_key}'], responses: true}}
   builtin: {{kind: mock}}
 models:
   gpt-4.1:
@@ -61,6 +62,8 @@ models:
     deployments: [{{provider: anth, model: claude-sonnet-4-5}}]
   gemini-x:
     deployments: [{{provider: gem, model: gemini-2.5-flash}}]
+  gpt-resp:
+    deployments: [{{provider: resp, model: upstream-gpt-resp}}]
   cached-gpt:
     deployments: [{{provider: up, model: upstream-gpt-4.1}}]
     cache: {{ttl: 1h}}

@@ -1,4 +1,5 @@
-//! The OpenAI-compatible API in OpenAI's wire format: the route dispatch and the helpers shared by
+//! The OpenAI-compatible API in OpenAI's wire format (chat completions, completions, embeddings,
+//! models, and the Responses API): the route dispatch and the helpers shared by
 //! the handlers. Answers are deterministic: replies echo the last message, token counts are
 //! whitespace-word counts, and embeddings are derived from a hash of the input.
 
@@ -7,6 +8,7 @@ mod completions;
 pub(crate) mod embeddings;
 mod errors;
 mod models;
+mod responses;
 
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,6 +40,7 @@ pub(crate) fn route(
         ("POST", "/chat/completions") => chat::chat(ctx, body),
         ("POST", "/completions") => completions::completions(ctx, body),
         ("POST", "/embeddings") => embeddings::embeddings(body),
+        ("POST", "/responses") => responses::responses(ctx, body),
         ("GET", "/models") => Ok(models::models()),
         ("GET", p) => {
             let id = p.strip_prefix("/models/").filter(|id| !id.is_empty())?;

@@ -11,13 +11,12 @@ use serde_json::Value;
 
 use super::errors::{ApiError, ClientProtocol};
 use super::exchange::{Conversion, Exchange, Translation};
-use crate::config::Wire;
 use crate::context::RequestContext;
 use crate::providers::Endpoint;
 use crate::redact::Redactor;
 use crate::translate::errors::ErrorKind;
 use crate::translate::ir::{self, Response as Answer, Usage, UsageSource};
-use crate::translate::{anthropic, gemini, openai, shapes};
+use crate::translate::{gemini, openai, shapes};
 
 /// A successful answer, in the client's protocol; also its body (for the cache).
 pub fn success(
@@ -28,9 +27,16 @@ pub fn success(
     bytes: Bytes,
 ) -> Result<(Response, Bytes), ApiError> {
     match &exchange.conversion {
-        Conversion::Passthrough { wire, .. } => {
-            let (usage, source) = passthrough_usage(*wire, &bytes, exchange.prompt_estimate)?;
+        Conversion::Passthrough {
+            endpoint, keeper, ..
+        } => {
+            let (usage, source) = passthrough_usage(*endpoint, &bytes, exchange.prompt_estimate)?;
             ctx.set_usage(usage, source);
+            if let Some(keeper) = keeper
+                && let Ok(body) = serde_json::from_slice::<Value>(&bytes)
+            {
+                keeper.keep(&body);
+            }
             Ok((whole_response(status, headers, bytes.clone()), bytes))
         }
         Conversion::Translate(translation) => {
@@ -63,30 +69,26 @@ struct UsageField {
     usage: Option<Value>,
 }
 
-/// Usage of a passed-through body (reported, or estimated from its text), checking that the
-/// body is JSON at all.
+/// Usage of a passed-through body, read by its shape's codec (embeddings: OpenAI's), or
+/// estimated from its text when it reports none; checks that the body is JSON at all.
 fn passthrough_usage(
-    wire: Wire,
+    endpoint: Endpoint,
     bytes: &[u8],
     prompt_estimate: u64,
 ) -> Result<(Usage, UsageSource), ApiError> {
     let parsed: UsageField = serde_json::from_slice(bytes)
         .map_err(|_| ApiError::upstream_bad_response("the body is not valid JSON"))?;
-    let reported = parsed.usage.as_ref().and_then(|usage| match wire {
-        Wire::Anthropic => usage
-            .is_object()
-            .then(|| anthropic::response::usage_of(usage, Usage::default())),
-        _ => openai::response::usage_of(usage),
+    let shape = endpoint.shape();
+    let reported = parsed.usage.as_ref().and_then(|usage| match shape {
+        Some(shape) => shape.usage_of(usage),
+        None => openai::response::usage_of(usage),
     });
     if let Some(usage) = reported {
         return Ok((usage, UsageSource::Reported));
     }
     let text_chars = serde_json::from_slice::<Value>(bytes)
         .ok()
-        .and_then(|body| match wire {
-            Wire::Anthropic => anthropic::response::decode(&body).ok(),
-            _ => openai::response::decode_chat(&body).ok(),
-        })
+        .and_then(|body| shape?.decode_answer(&body).ok())
         .map_or(0, |answer| output_chars(&answer));
     Ok((
         estimate(prompt_estimate, text_chars),
@@ -259,23 +261,31 @@ mod tests {
     fn passthrough_usage_reported_or_estimated() {
         let body = json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}});
         let (usage, source) =
-            passthrough_usage(Wire::OpenAi, body.to_string().as_bytes(), 99).unwrap();
+            passthrough_usage(Endpoint::ChatCompletions, body.to_string().as_bytes(), 99).unwrap();
         assert_eq!(
             (usage.input, usage.output, source),
             (3, 4, UsageSource::Reported)
         );
         let body = json!({"choices": [{"message": {"role": "assistant", "content": "twelve chars"}, "finish_reason": "stop"}]});
         let (usage, source) =
-            passthrough_usage(Wire::OpenAi, body.to_string().as_bytes(), 10).unwrap();
+            passthrough_usage(Endpoint::ChatCompletions, body.to_string().as_bytes(), 10).unwrap();
         assert_eq!(
             (usage.input, usage.output, source),
             (10, 3, UsageSource::Estimated)
         );
         let anthropic = json!({"content": [], "usage": {"input_tokens": 5, "output_tokens": 6, "cache_read_input_tokens": 2}});
         let (usage, _) =
-            passthrough_usage(Wire::Anthropic, anthropic.to_string().as_bytes(), 0).unwrap();
+            passthrough_usage(Endpoint::Messages, anthropic.to_string().as_bytes(), 0).unwrap();
         assert_eq!((usage.input, usage.cache_read), (7, 2));
-        assert!(passthrough_usage(Wire::OpenAi, b"not json", 0).is_err());
+        let responses = json!({"output": [], "usage": {"input_tokens": 8, "output_tokens": 2,
+                               "input_tokens_details": {"cached_tokens": 3}}});
+        let (usage, source) =
+            passthrough_usage(Endpoint::Responses, responses.to_string().as_bytes(), 0).unwrap();
+        assert_eq!(
+            (usage.input, usage.output, usage.cache_read, source),
+            (8, 2, 3, UsageSource::Reported)
+        );
+        assert!(passthrough_usage(Endpoint::ChatCompletions, b"not json", 0).is_err());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::routing::{Candidate, Plan};
 use crate::state::Runtime;
 use crate::telemetry::traces::AttemptTrace;
 use crate::translate::errors::ErrorKind;
-use crate::translate::shapes::{self, Echo};
+use crate::translate::shapes::{self, Echo, Grammar};
 use crate::wire::openai::RequestHead;
 
 /// The shortest wait for a breaker to reopen (no busy loop on a probe in flight).
@@ -436,13 +436,20 @@ async fn attempt(
     if upstream.status.is_success() && is_event_stream {
         let mode = match &exchange.conversion {
             Conversion::Passthrough {
-                wire,
+                endpoint,
                 hide_usage_chunk,
-            } => Mode::Passthrough(Watch::new(
-                *wire,
-                *hide_usage_chunk,
-                job.runtime.redactor.clone(),
-            )),
+                keeper,
+                ..
+            } => Mode::Passthrough(
+                Watch::new(
+                    endpoint
+                        .shape()
+                        .map_or(Grammar::OpenAiChunks, |shape| shape.grammar()),
+                    *hide_usage_chunk,
+                    job.runtime.redactor.clone(),
+                )
+                .keeping(keeper.clone()),
+            ),
             Conversion::Translate(translation) => {
                 Mode::Translate(Box::new(translator(translation).map_err(Failure::of)?))
             }

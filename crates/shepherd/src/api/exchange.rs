@@ -11,6 +11,7 @@ use crate::config::Wire;
 use crate::providers::{Endpoint, Operation};
 use crate::routing::Deployment;
 use crate::translate::ir::{self, Part, Request};
+use crate::translate::responses::response::Keeper;
 use crate::translate::shapes::Echo;
 use crate::translate::{self, TranslateError, anthropic, gemini, openai};
 use crate::wire::openai::RequestHead;
@@ -30,11 +31,15 @@ pub struct Exchange {
 
 #[derive(Debug, Clone)]
 pub enum Conversion {
-    /// Same protocol: bytes pass; usage is read on the side.
+    /// Same shape: bytes pass; usage is read on the side.
     Passthrough {
         wire: Wire,
+        /// The client's route (and so the shape of the bytes).
+        endpoint: Endpoint,
         /// The gateway asked an OpenAI upstream for the usage chunk the client did not want.
         hide_usage_chunk: bool,
+        /// Keeps the finished response (Responses API with `store`).
+        keeper: Option<std::sync::Arc<dyn Keeper>>,
     },
     /// Different protocols: the answer is decoded from `upstream` and encoded for `endpoint`.
     Translate(Translation),
@@ -66,20 +71,25 @@ pub fn plan(
 ) -> Result<Exchange, ApiError> {
     let upstream = deployment.provider.wire();
     let model = &*deployment.upstream_model;
-    if endpoint.passthrough() == Some(upstream) {
+    if endpoint.passthrough() == Some(upstream) && deployment.provider.offers(endpoint) {
         let operation = match endpoint {
             Endpoint::Completions => Operation::Completions,
             Endpoint::Embeddings => Operation::Embeddings,
             Endpoint::Messages => Operation::Messages,
-            Endpoint::ChatCompletions | Endpoint::Responses => Operation::ChatCompletions,
+            Endpoint::Responses => Operation::Responses,
+            Endpoint::ChatCompletions => Operation::ChatCompletions,
         };
-        let ask_usage = upstream == Wire::OpenAi && endpoint != Endpoint::Embeddings;
+        // Chat and completion streams carry usage only when asked; Responses streams always do.
+        let ask_usage = upstream == Wire::OpenAi
+            && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions);
         return Ok(Exchange {
             operation,
             body: head.rewrite(body, model, ask_usage),
             conversion: Conversion::Passthrough {
                 wire: upstream,
+                endpoint,
                 hide_usage_chunk: ask_usage && stream && !head.include_usage,
+                keeper: echo.keeper.clone(),
             },
             prompt_estimate: ir::estimate_tokens(body.len()),
             dropped: Vec::new(),

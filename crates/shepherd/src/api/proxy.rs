@@ -72,9 +72,14 @@ pub async fn proxy(
     let body =
         body::read_within(body, headers, server.max_body, server.client_timeouts.body).await?;
     ctx.set_bytes_in(body.len());
-    let (head, body) = head_of(&runtime, ctx, &key, endpoint.route(), body)?;
+    let (mut head, body) = head_of(&runtime, ctx, &key, endpoint.route(), body)?;
     let (body, echo) = if endpoint == Endpoint::Responses {
-        stored::prepare(state, &runtime, &key.id, body).await?
+        let (prepared, echo) = stored::prepare(state, &runtime, &key.id, body.clone()).await?;
+        if prepared != body {
+            // New bytes: the head's spans (model, stream) point into the old ones.
+            head = RequestHead::parse(&prepared)?;
+        }
+        (prepared, echo)
     } else {
         (body, Echo::new())
     };

@@ -437,22 +437,8 @@ impl Relay {
         match &mut self.mode {
             Mode::Passthrough(watch) => {
                 let (usage, chars) = (watch.usage, watch.output_chars);
+                watch.write_error(&error, &mut out);
                 self.record_usage(usage, chars);
-                match self.settings.protocol {
-                    ClientProtocol::OpenAi => {
-                        events::write_data(
-                            &mut out,
-                            &error.body(ClientProtocol::OpenAi).to_string(),
-                        );
-                    }
-                    ClientProtocol::Anthropic => {
-                        events::write_named(
-                            &mut out,
-                            "error",
-                            &error.body(ClientProtocol::Anthropic),
-                        );
-                    }
-                }
             }
             Mode::Translate(translator) => {
                 let (reported, chars) = translator.encoder.usage();

@@ -4,9 +4,9 @@
 //! `DELETE /v1/responses/{id}` read and remove it. A key sees only its own responses.
 //!
 //! Continuing is done before anything else looks at the body: the stored conversation, the
-//! stored answer's output items and the new `input` become one `input`, and `store` and
-//! `previous_response_id` are taken out, so limits, the cache key and translation all see the
-//! whole conversation. Saving happens off the request threads once the answer is finished; a
+//! stored answer's output items and the new `input` become one `input`, and
+//! `previous_response_id` is taken out, so limits, the cache key, translation and an upstream
+//! that offers the Responses API itself all see the whole conversation. Saving happens off the request threads once the answer is finished; a
 //! continuation that arrives while its predecessor is still being written waits for it.
 
 use std::collections::HashSet;
@@ -50,7 +50,8 @@ impl Saving {
 }
 
 /// A Responses API body made ready: the conversation it continues put in front of its input,
-/// and the echo its response repeats (with a keeper when it is to be stored).
+/// and the echo its response repeats (with a keeper when it is to be stored). A body that
+/// continues nothing is returned as it came; a rewritten one must have its head read again.
 pub async fn prepare(
     state: &AppState,
     runtime: &Runtime,
@@ -73,9 +74,10 @@ pub async fn prepare(
             ));
         }
     };
-    let store = match request.remove("store") {
+    // Kept in the body: an upstream that offers the Responses API honours it too.
+    let store = match request.get("store") {
         None | Some(Value::Null) => true,
-        Some(Value::Bool(store)) => store,
+        Some(Value::Bool(store)) => *store,
         Some(_) => return Err(ApiError::invalid_field("store", "expected a boolean")),
     };
     let mut input = items_of(request.get("input"));
@@ -100,7 +102,11 @@ pub async fn prepare(
             retention,
         }));
     }
-    let body = serde_json::to_vec(&request).map_or(body, Bytes::from);
+    // Rewritten only when continued: otherwise the client's bytes go on as they came.
+    let body = match previous {
+        Some(_) => serde_json::to_vec(&request).map_or(body, Bytes::from),
+        None => body,
+    };
     Ok((body, echo))
 }
 
@@ -181,6 +187,15 @@ struct StoreKeeper {
     /// The conversation that led to the response.
     input: Value,
     retention: Duration,
+}
+
+impl std::fmt::Debug for StoreKeeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreKeeper")
+            .field("key_id", &self.key_id)
+            .field("retention", &self.retention)
+            .finish()
+    }
 }
 
 impl Keeper for StoreKeeper {

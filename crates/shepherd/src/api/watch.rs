@@ -1,4 +1,5 @@
-//! Watching a passed-through stream. Every event is checked to be its protocol's JSON (anything
+//! Watching a passed-through stream, by its shape's event grammar (OpenAI chunks, Anthropic
+//! events, Responses API events). Every event is checked to be its protocol's JSON (anything
 //! else is an upstream failure) and read for what the gateway needs: the end marker, the
 //! upstream's own error event, usage, and the characters of generated text (for an estimate when
 //! the upstream reports no usage). OpenAI's usage-only chunk is hidden from clients that did not
@@ -15,17 +16,19 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::config::Wire;
+use crate::api::errors::{ApiError, ClientProtocol};
 use crate::redact::Redactor;
 use crate::translate::errors::{UpstreamFailure, from_anthropic, from_openai};
 use crate::translate::ir::Usage;
-use crate::translate::{anthropic, openai};
+use crate::translate::responses::response::Keeper;
+use crate::translate::shapes::Grammar;
+use crate::translate::{anthropic, openai, responses};
 use crate::wire::sse::{self, SseEvent};
 
 /// What a passed-through stream is watched for.
 #[derive(Debug)]
 pub struct Watch {
-    wire: Wire,
+    grammar: Grammar,
     hide_usage_chunk: bool,
     /// `[DONE]` or `message_stop` seen.
     pub done: bool,
@@ -39,6 +42,10 @@ pub struct Watch {
     pub output_chars: usize,
     /// Masks secrets an upstream's error event quotes.
     redactor: Arc<Redactor>,
+    /// Keeps the finished response (Responses API with `store`).
+    keeper: Option<Arc<dyn Keeper>>,
+    /// The sequence number an event added after the upstream's would take (Responses API).
+    next_sequence: u64,
 }
 
 /// What one block of whole events comes to.
@@ -52,9 +59,9 @@ pub struct Watched {
 }
 
 impl Watch {
-    pub fn new(wire: Wire, hide_usage_chunk: bool, redactor: Arc<Redactor>) -> Self {
+    pub fn new(grammar: Grammar, hide_usage_chunk: bool, redactor: Arc<Redactor>) -> Self {
         Watch {
-            wire,
+            grammar,
             hide_usage_chunk,
             done: false,
             failure: None,
@@ -62,6 +69,36 @@ impl Watch {
             usage: None,
             output_chars: 0,
             redactor,
+            keeper: None,
+            next_sequence: 0,
+        }
+    }
+
+    /// Hands the finished response object to `keeper` (Responses API streams).
+    pub fn keeping(mut self, keeper: Option<Arc<dyn Keeper>>) -> Self {
+        self.keeper = keeper;
+        self
+    }
+
+    /// The error event that ends a stream of this grammar early.
+    pub fn write_error(&self, error: &ApiError, out: &mut BytesMut) {
+        match self.grammar {
+            Grammar::OpenAiChunks => {
+                sse::write_data(out, &error.body(ClientProtocol::OpenAi).to_string());
+            }
+            Grammar::Anthropic => {
+                sse::write_named(out, "error", &error.body(ClientProtocol::Anthropic));
+            }
+            Grammar::Responses => {
+                let event = serde_json::json!({
+                    "type": "error",
+                    "code": error.code,
+                    "message": error.message,
+                    "param": null,
+                    "sequence_number": self.next_sequence,
+                });
+                sse::write_named(out, "error", &event);
+            }
         }
     }
 
@@ -78,9 +115,10 @@ impl Watch {
         let mut malformed = None;
         let mut end = block.len();
         for event in sse::events(text) {
-            let verdict = match self.wire {
-                Wire::Anthropic => self.anthropic_event(&event),
-                _ => self.openai_event(&event),
+            let verdict = match self.grammar {
+                Grammar::Anthropic => self.anthropic_event(&event),
+                Grammar::OpenAiChunks => self.openai_event(&event),
+                Grammar::Responses => self.responses_event(&event),
             };
             self.events += 1;
             match verdict {
@@ -233,6 +271,68 @@ impl Watch {
         }
         Ok(Verdict::Forward)
     }
+}
+
+impl Watch {
+    fn responses_event(&mut self, event: &SseEvent<'_>) -> Result<Verdict, String> {
+        let probe: ResponsesProbe<'_> = serde_json::from_str(&event.data)
+            .map_err(|error| format!("an event is not a JSON object: {error}"))?;
+        if let Some(number) = probe.sequence_number {
+            self.next_sequence = number.saturating_add(1);
+        }
+        let kind = probe.kind.as_deref().or(event.name).unwrap_or_default();
+        match kind {
+            "response.completed" | "response.incomplete" => {
+                // Once per stream: the whole final object is read.
+                let value: Value = serde_json::from_str(&event.data).unwrap_or_default();
+                let response = &value["response"];
+                if let Some(usage) = responses::response::usage_of(&response["usage"]) {
+                    self.usage = Some(usage);
+                }
+                if let Some(keeper) = &self.keeper {
+                    keeper.keep(response);
+                }
+                self.done = true;
+            }
+            "response.failed" | "error" => {
+                let mut value: Value = serde_json::from_str(&event.data).unwrap_or_default();
+                let masked = self.redactor.value(&mut value);
+                if let Some(usage) = responses::response::usage_of(&value["response"]["usage"]) {
+                    self.usage = Some(usage);
+                }
+                let error = if kind == "error" {
+                    &value
+                } else {
+                    &value["response"]["error"]
+                };
+                let as_openai = serde_json::json!({"error": {
+                    "message": error["message"],
+                    "type": error["code"],
+                    "code": error["code"],
+                }});
+                self.fail(from_openai(0, &as_openai));
+                if masked {
+                    let mut event_bytes = BytesMut::new();
+                    sse::write_named(&mut event_bytes, event.name.unwrap_or(kind), &value);
+                    return Ok(Verdict::Replace(event_bytes.freeze()));
+                }
+            }
+            _ => self.output_chars += probe.delta.0,
+        }
+        Ok(Verdict::Forward)
+    }
+}
+
+/// A Responses API stream event, as little of it as the watch needs: its type, its number,
+/// and the length of a text or arguments delta.
+#[derive(Deserialize)]
+struct ResponsesProbe<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    sequence_number: Option<u64>,
+    #[serde(default)]
+    delta: TextLen,
 }
 
 enum Verdict {
@@ -406,7 +506,7 @@ mod tests {
 
     #[test]
     fn usage_chunk_hidden_when_only_the_gateway_asked() {
-        let mut watch = Watch::new(Wire::OpenAi, true, Arc::default());
+        let mut watch = Watch::new(Grammar::OpenAiChunks, true, Arc::default());
         let (out, malformed) = watch_all(
             &mut watch,
             "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
@@ -420,7 +520,7 @@ data: [DONE]\n\n",
         assert_eq!(watch.usage.unwrap().input, 3);
         assert_eq!(watch.output_chars, 2);
 
-        let mut keep = Watch::new(Wire::OpenAi, false, Arc::default());
+        let mut keep = Watch::new(Grammar::OpenAiChunks, false, Arc::default());
         let events = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n";
         assert_eq!(watch_all(&mut keep, events).0, events);
     }
@@ -433,7 +533,7 @@ data: [DONE]\n\n",
 data: {\"choices\": [{\"index\": 0, \"delta\": {},\r\ndata:  \"finish_reason\": \"stop\"}]}\r\n\r\n\
 data: {\"choices\": [{\"index\": 0, \"delta\": {}}],\r\ndata: \"usage\": {\"prompt_tokens\": 11, \"completion_tokens\": 7, \"total_tokens\": 18}}\r\n\r\n\
 data: [DONE]\r\n\r\n";
-        let mut watch = Watch::new(Wire::OpenAi, true, Arc::default());
+        let mut watch = Watch::new(Grammar::OpenAiChunks, true, Arc::default());
         let (out, malformed) = watch_all(&mut watch, stream);
         assert!(malformed.is_none());
         let usage = watch.usage.expect("usage read");
@@ -443,36 +543,36 @@ data: [DONE]\r\n\r\n";
         assert!(out.contains("finish_reason") && out.ends_with("data: [DONE]\r\n\r\n"));
         assert!(watch.done);
         // A usage chunk that also finishes a choice is not usage-only: it stays.
-        let mut watch = Watch::new(Wire::OpenAi, true, Arc::default());
+        let mut watch = Watch::new(Grammar::OpenAiChunks, true, Arc::default());
         let finishing = "data: {\"choices\": [{\"delta\": {}, \"finish_reason\": \"stop\"}], \"usage\": {\"prompt_tokens\": 1}}\n\n";
         assert_eq!(watch_all(&mut watch, finishing).0, finishing);
     }
 
     #[test]
     fn malformed_events_stop_the_forwarding() {
-        let mut watch = Watch::new(Wire::OpenAi, false, Arc::default());
+        let mut watch = Watch::new(Grammar::OpenAiChunks, false, Arc::default());
         let (out, malformed) = watch_all(
             &mut watch,
             "data: {\"choices\":[]}\n\ndata: {not json\n\ndata: {\"choices\":[]}\n\n",
         );
         assert_eq!(out, "data: {\"choices\":[]}\n\n");
         assert!(malformed.unwrap().contains("not a JSON object"));
-        let mut watch = Watch::new(Wire::OpenAi, false, Arc::default());
+        let mut watch = Watch::new(Grammar::OpenAiChunks, false, Arc::default());
         assert!(watch_all(&mut watch, "data: [1, 2]\n\n").1.is_some());
-        let mut watch = Watch::new(Wire::Anthropic, false, Arc::default());
+        let mut watch = Watch::new(Grammar::Anthropic, false, Arc::default());
         assert!(
             watch_all(&mut watch, "event: ping\ndata: {\"type\": \n\n")
                 .1
                 .is_some()
         );
-        let watched = Watch::new(Wire::OpenAi, false, Arc::default())
+        let watched = Watch::new(Grammar::OpenAiChunks, false, Arc::default())
             .watch(Bytes::from_static(b"data: \xff\n\n"));
         assert!(watched.malformed.is_some());
     }
 
     #[test]
     fn error_events_are_failures() {
-        let mut watch = Watch::new(Wire::OpenAi, false, Arc::default());
+        let mut watch = Watch::new(Grammar::OpenAiChunks, false, Arc::default());
         let (out, _) = watch_all(
             &mut watch,
             "data: {\"error\": {\"message\": \"boom\", \"type\": \"server_error\"}}\n\n",
@@ -481,7 +581,7 @@ data: [DONE]\r\n\r\n";
         let (failure, first) = watch.failure.unwrap();
         assert_eq!(failure.message, "boom");
         assert!(first);
-        let mut watch = Watch::new(Wire::OpenAi, false, Arc::default());
+        let mut watch = Watch::new(Grammar::OpenAiChunks, false, Arc::default());
         watch_all(
             &mut watch,
             "data: {\"choices\":[]}\n\nevent: error\ndata: {\"message\":\"x\"}\n\n",
@@ -492,7 +592,7 @@ data: [DONE]\r\n\r\n";
     #[test]
     fn secrets_quoted_in_an_error_event_are_masked() {
         let redactor = Arc::new(Redactor::new(["upstream-secret-0123"]));
-        let mut watch = Watch::new(Wire::OpenAi, false, redactor.clone());
+        let mut watch = Watch::new(Grammar::OpenAiChunks, false, redactor.clone());
         let (out, _) = watch_all(
             &mut watch,
             "data: {\"choices\":[]}\n\ndata: {\"error\": {\"message\": \"bad key upstream\\u002dsecret-0123\"}}\n\n",
@@ -500,7 +600,7 @@ data: [DONE]\r\n\r\n";
         assert!(out.starts_with("data: {\"choices\":[]}\n\n"), "{out}");
         assert!(out.contains("bad key [REDACTED]"), "{out}");
         assert!(!out.contains("0123"), "{out}");
-        let mut watch = Watch::new(Wire::Anthropic, false, redactor);
+        let mut watch = Watch::new(Grammar::Anthropic, false, redactor);
         let (out, _) = watch_all(
             &mut watch,
             "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"x\",\"message\":\"upstream-secret-0123\"}}\n\n",
@@ -513,7 +613,7 @@ data: [DONE]\r\n\r\n";
 
     #[test]
     fn anthropic_usage_and_text_are_read_on_the_side() {
-        let mut watch = Watch::new(Wire::Anthropic, false, Arc::default());
+        let mut watch = Watch::new(Grammar::Anthropic, false, Arc::default());
         let events = "event: message_start\r\ndata: {\"type\": \"message_start\", \"message\": {\"usage\": {\"input_tokens\": 10, \"output_tokens\": 1}}}\r\n\r\n\
 event: content_block_delta\r\ndata: {\"type\": \"content_block_delta\", \"index\": 0,\r\ndata: \"delta\": {\"type\": \"text_delta\", \"text\": \"Hello\"}}\r\n\r\n\
 event: message_delta\r\ndata: {\"type\": \"message_delta\", \"delta\": {\"stop_reason\": \"end_turn\"}, \"usage\": {\"output_tokens\": 7}}\r\n\r\n\

@@ -380,6 +380,7 @@ impl Loader {
                         || !raw.api_keys.is_empty()
                         || raw.version.is_some()
                         || raw.default_max_tokens.is_some()
+                        || raw.responses.is_some()
                         || health_check.is_some()
                     {
                         self.problem(
@@ -451,6 +452,12 @@ impl Loader {
                 "only `anthropic` providers take default_max_tokens",
             );
         }
+        if wire != Wire::OpenAi && raw.responses.is_some() {
+            self.problem(
+                &join_path(path, "responses"),
+                "only `openai` providers take responses (whether the upstream offers /responses)",
+            );
+        }
         if raw.default_max_tokens == Some(0) {
             self.problem(&join_path(path, "default_max_tokens"), "must be at least 1");
         }
@@ -467,6 +474,7 @@ impl Loader {
             headers: raw.headers.into_iter().collect(),
             version: raw.version.unwrap_or_else(|| default_version.to_owned()),
             default_max_tokens: raw.default_max_tokens.unwrap_or(4096),
+            responses: raw.responses.unwrap_or(false),
         })
     }
 

@@ -381,6 +381,9 @@ pub struct RemoteProvider {
     pub version: String,
     /// Anthropic: `max_tokens` when the client gave none.
     pub default_max_tokens: u64,
+    /// OpenAI: the upstream offers the Responses API (`/responses`): those requests pass through
+    /// instead of being translated to chat completions.
+    pub responses: bool,
 }
 
 #[derive(Debug, Clone)]

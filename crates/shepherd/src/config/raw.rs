@@ -187,6 +187,8 @@ pub struct RawProvider {
     pub version: Option<String>,
     /// Anthropic: `max_tokens` sent when the client gave none (Anthropic requires it).
     pub default_max_tokens: Option<u64>,
+    /// OpenAI: the upstream offers `/responses`, so Responses API requests pass through.
+    pub responses: Option<bool>,
     pub health_check: Option<RawHealthCheck>,
 }
 

@@ -56,6 +56,8 @@ pub enum Operation {
     Embeddings,
     /// Anthropic `/v1/messages`.
     Messages,
+    /// OpenAI `/responses` (upstreams with `responses: true`).
+    Responses,
     /// Gemini `:generateContent` (`:streamGenerateContent?alt=sse` for streams).
     GenerateContent,
     /// Gemini `:batchEmbedContents`.
@@ -386,6 +388,17 @@ impl Provider {
         match &self.adapter {
             Adapter::Remote(remote) => Some(remote.base_url()),
             Adapter::Mock => None,
+        }
+    }
+
+    /// Whether the upstream serves `endpoint`'s shape itself (then same-wire requests pass
+    /// through): every shape of its protocol, except the Responses API, which only upstreams
+    /// configured with `responses: true` offer.
+    pub fn offers(&self, endpoint: Endpoint) -> bool {
+        match (&self.adapter, endpoint) {
+            (Adapter::Remote(remote), Endpoint::Responses) => remote.offers_responses(),
+            (Adapter::Mock, Endpoint::Responses) => false,
+            _ => true,
         }
     }
 

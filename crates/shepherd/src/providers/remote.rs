@@ -25,6 +25,8 @@ pub struct Remote {
     extra_headers: Vec<(HeaderName, HeaderValue)>,
     version: String,
     default_max_tokens: u64,
+    /// The upstream offers the Responses API.
+    responses: bool,
     client: UpstreamClient,
 }
 
@@ -71,6 +73,7 @@ impl Remote {
             extra_headers,
             version: config.version.clone(),
             default_max_tokens: config.default_max_tokens,
+            responses: config.responses,
             client: http::build_client(timeouts)?,
         })
     }
@@ -81,6 +84,10 @@ impl Remote {
 
     pub fn default_max_tokens(&self) -> u64 {
         self.default_max_tokens
+    }
+
+    pub fn offers_responses(&self) -> bool {
+        self.responses
     }
 
     pub fn secrets(&self) -> &[Secret] {
@@ -94,6 +101,7 @@ impl Remote {
             Operation::Completions => &self.urls.completions,
             Operation::Embeddings => &self.urls.embeddings,
             Operation::Messages => &self.urls.messages,
+            Operation::Responses => &self.urls.responses,
             Operation::CountTokens => &self.urls.count_tokens,
             Operation::GenerateContent | Operation::BatchEmbed | Operation::GeminiCountTokens => {
                 let method = match (request.operation, request.stream) {
@@ -224,6 +232,7 @@ struct EndpointUrls {
     completions: Uri,
     embeddings: Uri,
     messages: Uri,
+    responses: Uri,
     count_tokens: Uri,
 }
 
@@ -239,6 +248,7 @@ impl EndpointUrls {
             completions: parse("/completions")?,
             embeddings: parse("/embeddings")?,
             messages: parse("/v1/messages")?,
+            responses: parse("/responses")?,
             count_tokens: parse("/v1/messages/count_tokens")?,
         })
     }

@@ -168,7 +168,8 @@ pub const RESPONSES: &[Row] = &[
     row("user", C, C, D),
     row("safety_identifier", C, C, D),
     row("metadata", D, D, D),
-    // Handled by the gateway (`api/stored.rs`), which takes them out before translation.
+    // Handled by the gateway (`api/stored.rs`): `previous_response_id` is taken out before
+    // translation (the conversation put in `input`), `store` says whether the gateway keeps it.
     row("store", C, C, C),
     row("previous_response_id", C, C, C),
     row("include", D, D, D),

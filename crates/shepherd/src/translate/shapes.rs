@@ -38,6 +38,23 @@ pub trait ClientShape: Sync {
     fn fresh_per_answer(&self) -> bool {
         false
     }
+    /// The usage object of one of this shape's answers (or stream events), read.
+    fn usage_of(&self, usage: &Value) -> Option<Usage>;
+    /// How a passed-through stream of this shape is watched (`api/watch.rs`).
+    fn grammar(&self) -> Grammar;
+}
+
+/// The event grammar of a stream, for watching it when it is passed through: where its end,
+/// usage and errors are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grammar {
+    /// OpenAI chunks: `data: [DONE]` ends, usage in a chunk, `{"error"}` events.
+    OpenAiChunks,
+    /// Anthropic named events: `message_stop` ends, usage in `message_start`/`message_delta`.
+    Anthropic,
+    /// Responses API typed events: `response.completed`/`incomplete` ends with the usage,
+    /// `response.failed` and `error` fail.
+    Responses,
 }
 
 impl Endpoint {
@@ -79,6 +96,12 @@ impl ClientShape for ChatShape {
     fn decode_answer(&self, body: &Value) -> Result<Response, String> {
         openai::response::decode_chat(body)
     }
+    fn usage_of(&self, usage: &Value) -> Option<Usage> {
+        openai::response::usage_of(usage)
+    }
+    fn grammar(&self) -> Grammar {
+        Grammar::OpenAiChunks
+    }
     fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, _: &Echo) -> Value {
         openai::response::encode_chat(answer, &envelope("chatcmpl-", model), usage)
     }
@@ -108,6 +131,12 @@ impl ClientShape for CompletionShape {
     }
     fn decode_answer(&self, body: &Value) -> Result<Response, String> {
         openai::response::decode_chat(body)
+    }
+    fn usage_of(&self, usage: &Value) -> Option<Usage> {
+        openai::response::usage_of(usage)
+    }
+    fn grammar(&self) -> Grammar {
+        Grammar::OpenAiChunks
     }
     fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, _: &Echo) -> Value {
         openai::response::encode_completion(answer, &envelope("cmpl-", model), usage)
@@ -139,6 +168,14 @@ impl ClientShape for MessagesShape {
     fn decode_answer(&self, body: &Value) -> Result<Response, String> {
         anthropic::response::decode(body)
     }
+    fn usage_of(&self, usage: &Value) -> Option<Usage> {
+        usage
+            .is_object()
+            .then(|| anthropic::response::usage_of(usage, Usage::default()))
+    }
+    fn grammar(&self) -> Grammar {
+        Grammar::Anthropic
+    }
     fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, _: &Echo) -> Value {
         anthropic::response::encode(answer, &new_id("msg_"), model, usage)
     }
@@ -167,9 +204,10 @@ impl ClientShape for ResponsesShape {
     fn protocol(&self) -> ClientProtocol {
         ClientProtocol::OpenAi
     }
-    /// No upstream protocol here speaks the Responses API: always translated.
+    /// OpenAI-compatible upstreams that offer `/responses` (`providers.*.responses: true`);
+    /// the others get it translated.
     fn passthrough(&self) -> Option<Wire> {
-        None
+        Some(Wire::OpenAi)
     }
     fn fields(&self) -> &'static [Row] {
         fields::RESPONSES
@@ -179,6 +217,12 @@ impl ClientShape for ResponsesShape {
     }
     fn decode_answer(&self, body: &Value) -> Result<Response, String> {
         responses::response::decode(body)
+    }
+    fn usage_of(&self, usage: &Value) -> Option<Usage> {
+        responses::response::usage_of(usage)
+    }
+    fn grammar(&self) -> Grammar {
+        Grammar::Responses
     }
     fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, echo: &Echo) -> Value {
         responses::response::encode(answer, &Self::envelope(model, echo.clone()), usage)

@@ -256,3 +256,106 @@ async fn responses_expire_after_the_retention_and_0s_keeps_none() {
     assert_eq!(status, 400);
     assert_openai_error(&error, "stored_responses_disabled");
 }
+
+#[tokio::test]
+async fn responses_passed_through_are_kept_and_continue_anywhere() {
+    let h = start().await;
+    // Passed through to an upstream that offers the Responses API, streamed.
+    let streamed = h
+        .client
+        .post(h.url("/v1/responses"))
+        .bearer_auth(CLIENT_KEY)
+        .body(json!({"model": "gpt-resp", "input": "My name is Ada", "stream": true}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let events = sse_payloads(streamed).await;
+    let completed: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(completed["type"], "response.completed");
+    let first_id = completed["response"]["id"].as_str().unwrap().to_owned();
+    let path = h.mock.requests().pop().unwrap().path.clone();
+    assert_eq!(path, "/v1/responses", "passed through");
+    // Continued on a translated upstream...
+    let (status, second) = respond(
+        &h,
+        CLIENT_KEY,
+        json!({"model": "claude-x", "input": "And my job?", "previous_response_id": first_id}),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    // ...and back on the pass-through one, whole: it gets the whole conversation as input.
+    let (status, third) = respond(
+        &h,
+        CLIENT_KEY,
+        json!({"model": "gpt-resp", "input": "Thanks", "store": false,
+               "previous_response_id": second["id"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{third}");
+    let sent = h.mock.requests().pop().unwrap().json().unwrap();
+    let texts: Vec<String> = sent["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| match &item["content"] {
+            Value::String(text) => text.clone(),
+            parts => parts[0]["text"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "My name is Ada",
+            "Mock reply to: My name is Ada",
+            "And my job?",
+            "Mock reply to: And my job?",
+            "Thanks"
+        ],
+        "{sent}"
+    );
+    assert_eq!(
+        sent["store"], false,
+        "the client's store goes upstream as it was"
+    );
+    assert_eq!(sent.get("previous_response_id"), None);
+    let whole_id = third["id"].as_str().unwrap();
+    assert_eq!(
+        get(&h, CLIENT_KEY, whole_id).await.0,
+        404,
+        "store: false keeps nothing"
+    );
+    let (status, kept) = get(&h, CLIENT_KEY, &first_id).await;
+    assert_eq!(status, 200);
+    assert_eq!(kept["usage"], completed["response"]["usage"]);
+}
+
+#[tokio::test]
+async fn a_continued_body_written_with_spaces_reaches_a_pass_through_upstream_whole() {
+    // The body is rewritten (the conversation put in `input`); the model is then rewritten in
+    // the new bytes, not at the places it had in the client's.
+    let h = start().await;
+    let (_, first) = respond(&h, CLIENT_KEY, json!({"model": "gpt-resp", "input": "Hi"})).await;
+    for model in ["gpt-resp", "gpt-4.1"] {
+        let spaced = format!(
+            "{{\n  \"input\" : \"Again\",\n  \"model\" : \"{model}\",\n  \"previous_response_id\" : \"{}\"\n}}",
+            first["id"].as_str().unwrap()
+        );
+        let response = h
+            .client
+            .post(h.url("/v1/responses"))
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", "application/json")
+            .body(spaced)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = json_of(response).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        let sent = h.mock.requests().pop().unwrap().json().unwrap();
+        assert!(
+            sent["model"].as_str().unwrap().starts_with("upstream-"),
+            "{sent}"
+        );
+    }
+}

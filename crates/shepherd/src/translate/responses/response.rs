@@ -32,7 +32,7 @@ impl std::fmt::Debug for Echo {
 }
 
 /// Keeps a finished (`completed` or `incomplete`) response object.
-pub trait Keeper: Send + Sync {
+pub trait Keeper: Send + Sync + std::fmt::Debug {
     fn keep(&self, response: &Value);
 }
 

@@ -35,6 +35,7 @@ providers:
   up: {{kind: openai, base_url: '{upstream_base}', api_keys: ['{UPSTREAM_KEY}']}}
   anth: {{kind: anthropic, base_url: '{upstream_root}', api_keys: ['{UPSTREAM_KEY}'], default_max_tokens: 256}}
   gem: {{kind: gemini, base_url: '{upstream_root}', api_keys: ['{UPSTREAM_KEY}']}}
+  resp: {{kind: openai, base_url: '{upstream_base}', api_keys: ['{UPSTREAM_KEY}'], responses: true}}
   dead: {{kind: openai, base_url: 'http://127.0.0.1:9/v1', api_keys: ['sk-dead-upstream-key-000']}}
   builtin: {{kind: mock}}
 models:
@@ -50,6 +51,8 @@ models:
     deployments: [{{provider: anth, model: claude-sonnet-4-5}}]
   gemini-x:
     deployments: [{{provider: gem, model: gemini-2.5-flash}}]
+  gpt-resp:
+    deployments: [{{provider: resp, model: upstream-gpt-resp}}]
   gemini-embed:
     deployments: [{{provider: gem, model: text-embedding-004}}]
   cached-gpt:

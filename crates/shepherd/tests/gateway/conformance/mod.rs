@@ -48,7 +48,9 @@ async fn plain_answer_and_stream_agree() {
         assert!(input > 0 && output > 0, "{case}: {answer:?}");
         let received = h.mock.requests().pop().unwrap();
         let credential = match upstream {
-            Upstream::OpenAi => received.header("authorization").map(str::to_owned),
+            Upstream::OpenAi | Upstream::Responses => {
+                received.header("authorization").map(str::to_owned)
+            }
             Upstream::Anthropic => {
                 assert_eq!(
                     received.header("anthropic-version"),
@@ -68,7 +70,7 @@ async fn plain_answer_and_stream_agree() {
             assert_eq!(received.header("anthropic-version"), None, "{case}");
             assert_eq!(received.header("anthropic-beta"), None, "{case}");
         }
-        if upstream != Upstream::OpenAi {
+        if !matches!(upstream, Upstream::OpenAi | Upstream::Responses) {
             assert_eq!(received.header("openai-beta"), None, "{case}");
         }
         assert!(
@@ -87,6 +89,10 @@ async fn plain_answer_and_stream_agree() {
                     path.ends_with("/models/gemini-2.5-flash:generateContent"),
                     "{case}: {path}"
                 )
+            }
+            Upstream::Responses => {
+                assert!(path.ends_with("/v1/responses"), "{case}: {path}");
+                assert_eq!(sent["model"], "upstream-gpt-resp", "{case}");
             }
         }
 
@@ -177,6 +183,7 @@ async fn tool_calls_whole_and_with_streamed_arguments() {
             Upstream::Gemini => {
                 sent["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"].clone()
             }
+            Upstream::Responses => sent["tools"][0]["parameters"].clone(),
         };
         assert_eq!(declared["required"], json!(["location"]), "{case}: {sent}");
 
@@ -234,6 +241,9 @@ async fn tool_results_round_trip() {
                     && parts[0]["functionResponse"]["name"] == "get_weather"
                     && parts[0]["functionResponse"]["response"]["result"] == "Sunny, 21C"
             }),
+            Upstream::Responses => turns.iter().any(|(role, item)| {
+                role == "tool" && item["call_id"] == "call_1" && item["output"] == "Sunny, 21C"
+            }),
         };
         assert!(found, "{case}: {sent}");
         // The call itself went back as the upstream's kind of call.
@@ -251,6 +261,10 @@ async fn tool_results_round_trip() {
                 json!({"location": "Paris"}),
                 "{case}"
             ),
+            Upstream::Responses => {
+                assert_eq!(call["call_id"], "call_1", "{case}");
+                assert_eq!(call["arguments"], r#"{"location":"Paris"}"#, "{case}");
+            }
         }
     }
 }
@@ -300,6 +314,7 @@ async fn an_image_a_tool_returned_reaches_every_upstream() {
                 assert!(parts[0]["functionResponse"].is_object(), "{sent}");
                 assert_eq!(parts[1]["inlineData"]["data"], PNG, "{sent}");
             }
+            Upstream::Responses => unreachable!("Anthropic clients only"),
         }
     }
 }
@@ -335,6 +350,11 @@ async fn images_json_mode_and_stop_sequences() {
                 json!({"mimeType": "image/png", "data": PNG}),
                 "{case}: {sent}"
             ),
+            Upstream::Responses => assert_eq!(
+                content[1]["image_url"],
+                format!("data:image/png;base64,{PNG}"),
+                "{case}: {sent}"
+            ),
         }
         if client != Client::Responses {
             // The Responses API has no stop sequences.
@@ -361,6 +381,10 @@ async fn images_json_mode_and_stop_sequences() {
                     json!(["location"])
                 );
             }
+            (Client::Responses, Upstream::Responses) => {
+                assert_eq!(sent["text"]["format"]["type"], "json_schema", "{case}")
+            }
+            (_, Upstream::Responses) => unreachable!("Responses clients only"),
             (Client::Anthropic | Client::Responses, Upstream::Anthropic) => {
                 assert_eq!(
                     sent["output_config"]["format"]["type"], "json_schema",
@@ -465,7 +489,7 @@ async fn filtered_answers_and_reasoning_tokens() {
         let h = hs.get(style);
         let case = format!("{style:?}: {client:?} -> {upstream:?}");
         let reason = match upstream {
-            Upstream::OpenAi => "content_filter",
+            Upstream::OpenAi | Upstream::Responses => "content_filter",
             Upstream::Anthropic => "refusal",
             Upstream::Gemini => "SAFETY",
         };
@@ -610,8 +634,11 @@ async fn broken_streams_end_with_the_callers_error_event() {
                 .unwrap_or_else(|| panic!("{case}: no error event"));
             match client {
                 Client::OpenAi => assert!(error["error"]["message"].is_string(), "{case}: {error}"),
+                // `response.failed` when translated; the upstream's or the gateway's `error`
+                // event when passed through.
                 Client::Responses => assert!(
-                    error["response"]["error"]["message"].is_string(),
+                    error["response"]["error"]["message"].is_string()
+                        || (error["type"] == "error" && error["message"].is_string()),
                     "{case}: {error}"
                 ),
                 Client::Anthropic => {

@@ -23,6 +23,9 @@ pub enum Upstream {
     OpenAi,
     Anthropic,
     Gemini,
+    /// An OpenAI-compatible upstream that offers the Responses API (`responses: true`):
+    /// Responses requests pass through to it.
+    Responses,
 }
 
 /// The ways the mock writes its bytes: compact, and spaced like Python servers and LiteLLM
@@ -30,12 +33,12 @@ pub enum Upstream {
 pub const STYLES: [Style; 2] = [Style::Compact, Style::Spaced];
 
 /// Every pair in every style.
-pub const CASES: [(Style, Client, Upstream); 18] = {
-    let mut cases = [(Style::Compact, Client::OpenAi, Upstream::OpenAi); 18];
+pub const CASES: [(Style, Client, Upstream); 20] = {
+    let mut cases = [(Style::Compact, Client::OpenAi, Upstream::OpenAi); 20];
     let mut n = 0;
-    while n < 18 {
-        let (client, upstream) = PAIRS[n % 9];
-        cases[n] = (STYLES[n / 9], client, upstream);
+    while n < 20 {
+        let (client, upstream) = PAIRS[n % 10];
+        cases[n] = (STYLES[n / 10], client, upstream);
         n += 1;
     }
     cases
@@ -73,8 +76,9 @@ pub async fn start_styled(style: Style) -> Harness {
     h
 }
 
-/// Every (client protocol, upstream protocol) pair.
-pub const PAIRS: [(Client, Upstream); 9] = [
+/// Every (client protocol, upstream protocol) pair; Responses clients also against an upstream
+/// that offers the Responses API (pass-through).
+pub const PAIRS: [(Client, Upstream); 10] = [
     (Client::OpenAi, Upstream::OpenAi),
     (Client::OpenAi, Upstream::Anthropic),
     (Client::OpenAi, Upstream::Gemini),
@@ -84,6 +88,7 @@ pub const PAIRS: [(Client, Upstream); 9] = [
     (Client::Responses, Upstream::OpenAi),
     (Client::Responses, Upstream::Anthropic),
     (Client::Responses, Upstream::Gemini),
+    (Client::Responses, Upstream::Responses),
 ];
 
 impl Upstream {
@@ -93,6 +98,7 @@ impl Upstream {
             Upstream::OpenAi => "gpt-4.1",
             Upstream::Anthropic => "claude-x",
             Upstream::Gemini => "gemini-x",
+            Upstream::Responses => "gpt-resp",
         }
     }
 }
@@ -747,11 +753,28 @@ pub fn upstream_system(upstream: Upstream, body: &Value) -> Option<String> {
         Upstream::Gemini => body["systemInstruction"]["parts"][0]["text"]
             .as_str()
             .map(str::to_owned),
+        Upstream::Responses => body["instructions"].as_str().map(str::to_owned),
     }
 }
 
 /// The conversation turns (system excluded) as the upstream received them: (role, value).
 pub fn upstream_turns(upstream: Upstream, body: &Value) -> Vec<(String, Value)> {
+    if upstream == Upstream::Responses {
+        // Input items: messages by role, calls as the assistant's, their outputs as `tool`.
+        return body["input"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| match item["type"].as_str() {
+                Some("function_call") => ("assistant".to_owned(), item.clone()),
+                Some("function_call_output") => ("tool".to_owned(), item.clone()),
+                _ => (
+                    item["role"].as_str().unwrap().to_owned(),
+                    item["content"].clone(),
+                ),
+            })
+            .collect();
+    }
     let list = match upstream {
         Upstream::Gemini => &body["contents"],
         _ => &body["messages"],
@@ -783,6 +806,7 @@ pub fn upstream_setting(upstream: Upstream, body: &Value, setting: &str) -> Valu
         (Upstream::Anthropic, "stop") => body["stop_sequences"].clone(),
         (Upstream::Gemini, "max") => body["generationConfig"]["maxOutputTokens"].clone(),
         (Upstream::Gemini, "stop") => body["generationConfig"]["stopSequences"].clone(),
+        (Upstream::Responses, "max") => body["max_output_tokens"].clone(),
         _ => panic!("unknown setting {setting}"),
     }
 }
