@@ -104,7 +104,44 @@ fn kind_of(error: &ApiError) -> ErrorKind {
     }
 }
 
+/// What the loop asks of the world, one attempt at a time: production plans the exchange with
+/// the client shape's codec and sends it to the candidate's upstream (`attempt`); the loop's unit
+/// tests (`attempts_tests.rs`) script the outcomes instead, under paused time.
+trait Attempter {
+    fn attempt(
+        &self,
+        candidate: &Candidate,
+        key: Option<usize>,
+        deadline: Instant,
+        traceparent: Option<HeaderValue>,
+    ) -> impl std::future::Future<Output = Result<Response, Failure>> + Send;
+}
+
+/// The real attempts: to the upstreams.
+struct Upstreams<'j, 'a>(&'j Job<'a>);
+
+impl Attempter for Upstreams<'_, '_> {
+    fn attempt(
+        &self,
+        candidate: &Candidate,
+        key: Option<usize>,
+        deadline: Instant,
+        traceparent: Option<HeaderValue>,
+    ) -> impl std::future::Future<Output = Result<Response, Failure>> + Send {
+        attempt(self.0, candidate, key, deadline, traceparent)
+    }
+}
+
 pub async fn run(job: Job<'_>, plan: Plan) -> Result<Response, ApiError> {
+    run_with(&job, plan, &Upstreams(&job)).await
+}
+
+/// The loop itself, whatever makes the attempts.
+async fn run_with(
+    job: &Job<'_>,
+    plan: Plan,
+    attempter: &impl Attempter,
+) -> Result<Response, ApiError> {
     let config = &job.runtime.config;
     let (retry, circuit) = (&config.retry, &config.circuit);
     let deadline = Instant::from_std(job.ctx.started) + config.server.timeouts.total;
@@ -158,7 +195,9 @@ pub async fn run(job: Job<'_>, plan: Plan) -> Result<Response, ApiError> {
         let started = Instant::now();
         let span = job.ctx.trace_attempt(deployment, attempts);
         let traceparent = span.as_ref().and_then(AttemptTrace::traceparent);
-        let outcome = attempt(&job, candidate, key, deadline, traceparent).await;
+        let outcome = attempter
+            .attempt(candidate, key, deadline, traceparent)
+            .await;
         if let Some(span) = span {
             match &outcome {
                 Ok(response) => span.finish(Some(response.status().as_u16()), None),
@@ -621,3 +660,7 @@ pub(super) async fn read_whole(
     }
     Ok(single.unwrap_or_else(|| whole.freeze()))
 }
+
+#[cfg(test)]
+#[path = "attempts_tests.rs"]
+mod tests;
