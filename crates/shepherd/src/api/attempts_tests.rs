@@ -23,14 +23,22 @@ retry: {attempts: 3, backoff: 100ms, max_backoff: 1s, max_retry_after: 5s}
 circuit: {failures: 1000, key_cooldown: 0s}
 ";
 
+/// What one scripted attempt comes to.
+enum Outcome {
+    Answered,
+    Failed(ErrorKind, Option<Duration>),
+}
+
+use Outcome::{Answered, Failed};
+
 /// Outcomes handed out in order; records which deployment each attempt went to, and when.
 struct Script {
-    outcomes: Mutex<VecDeque<Result<Response, Failure>>>,
+    outcomes: Mutex<VecDeque<Outcome>>,
     seen: Mutex<Vec<(String, Instant)>>,
 }
 
 impl Script {
-    fn new(outcomes: Vec<Result<Response, Failure>>) -> Script {
+    fn new(outcomes: Vec<Outcome>) -> Script {
         Script {
             outcomes: Mutex::new(outcomes.into()),
             seen: Mutex::new(Vec::new()),
@@ -60,21 +68,16 @@ impl Attempter for Script {
             .unwrap()
             .pop_front()
             .expect("an outcome for every attempt");
-        std::future::ready(outcome)
+        std::future::ready(match outcome {
+            Answered => Ok(Response::new(Body::empty())),
+            Failed(kind, retry_after) => Err(Failure {
+                answer: Err(ApiError::upstream_unreachable("scripted")),
+                kind,
+                code: None,
+                retry_after,
+            }),
+        })
     }
-}
-
-fn ok() -> Result<Response, Failure> {
-    Ok(Response::new(Body::empty()))
-}
-
-fn failed(kind: ErrorKind, retry_after: Option<Duration>) -> Result<Response, Failure> {
-    Err(Failure {
-        answer: Err(ApiError::upstream_unreachable("scripted")),
-        kind,
-        code: None,
-        retry_after,
-    })
 }
 
 /// Runs the loop for `model` with `script` as the world.
@@ -127,7 +130,7 @@ fn attempts_of(response: &Response) -> &str {
 
 #[tokio::test(start_paused = true)]
 async fn a_failure_moves_on_to_the_next_deployment_at_once() {
-    let script = Script::new(vec![failed(ErrorKind::Server, None), ok()]);
+    let script = Script::new(vec![Failed(ErrorKind::Server, None), Answered]);
     let started = Instant::now();
     let response = run_scripted("pair", &script).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -140,9 +143,9 @@ async fn a_failure_moves_on_to_the_next_deployment_at_once() {
 #[tokio::test(start_paused = true)]
 async fn the_same_deployment_is_retried_after_a_jittered_backoff() {
     let script = Script::new(vec![
-        failed(ErrorKind::Server, None),
-        failed(ErrorKind::Timeout, None),
-        ok(),
+        Failed(ErrorKind::Server, None),
+        Failed(ErrorKind::Timeout, None),
+        Answered,
     ]);
     let response = run_scripted("one", &script).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -158,8 +161,8 @@ async fn the_same_deployment_is_retried_after_a_jittered_backoff() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_holds_the_only_deployment_then_it_is_tried_again() {
     let script = Script::new(vec![
-        failed(ErrorKind::RateLimited, Some(Duration::from_secs(2))),
-        ok(),
+        Failed(ErrorKind::RateLimited, Some(Duration::from_secs(2))),
+        Answered,
     ]);
     let response = run_scripted("one", &script).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -173,7 +176,7 @@ async fn retry_after_holds_the_only_deployment_then_it_is_tried_again() {
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_longer_than_the_cap_is_not_waited_for() {
-    let script = Script::new(vec![failed(
+    let script = Script::new(vec![Failed(
         ErrorKind::RateLimited,
         Some(Duration::from_secs(60)),
     )]);
@@ -186,7 +189,7 @@ async fn a_retry_after_longer_than_the_cap_is_not_waited_for() {
 
 #[tokio::test(start_paused = true)]
 async fn a_final_answer_is_not_retried() {
-    let script = Script::new(vec![failed(ErrorKind::InvalidRequest, None)]);
+    let script = Script::new(vec![Failed(ErrorKind::InvalidRequest, None)]);
     let response = run_scripted("pair", &script).await;
     assert_eq!(attempts_of(&response), "1");
     assert_eq!(script.seen().len(), 1);
@@ -195,9 +198,9 @@ async fn a_final_answer_is_not_retried() {
 #[tokio::test(start_paused = true)]
 async fn attempts_stop_at_the_configured_count() {
     let script = Script::new(vec![
-        failed(ErrorKind::Server, None),
-        failed(ErrorKind::Server, None),
-        failed(ErrorKind::Server, None),
+        Failed(ErrorKind::Server, None),
+        Failed(ErrorKind::Server, None),
+        Failed(ErrorKind::Server, None),
     ]);
     let response = run_scripted("pair", &script).await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
