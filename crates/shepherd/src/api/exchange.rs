@@ -13,7 +13,7 @@ use crate::routing::Deployment;
 use crate::translate::ir::{self, Part, Request};
 use crate::translate::responses::response::Keeper;
 use crate::translate::shapes::Echo;
-use crate::translate::{self, TranslateError, anthropic, gemini, openai};
+use crate::translate::{self, TranslateError, gemini, shapes};
 use crate::wire::openai::RequestHead;
 
 /// What to send upstream, and how the answer comes back.
@@ -72,16 +72,10 @@ pub fn plan(
     let upstream = deployment.provider.wire();
     let model = &*deployment.upstream_model;
     if endpoint.passthrough() == Some(upstream) && deployment.provider.offers(endpoint) {
-        let operation = match endpoint {
-            Endpoint::Completions => Operation::Completions,
-            Endpoint::Embeddings => Operation::Embeddings,
-            Endpoint::Messages => Operation::Messages,
-            Endpoint::Responses => Operation::Responses,
-            Endpoint::ChatCompletions => Operation::ChatCompletions,
-        };
-        // Chat and completion streams carry usage only when asked; Responses streams always do.
-        let ask_usage = upstream == Wire::OpenAi
-            && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions);
+        let shape = endpoint.shape();
+        // Embeddings have no shape of their own here: OpenAI's.
+        let operation = shape.map_or(Operation::Embeddings, |shape| shape.passthrough_operation());
+        let ask_usage = shape.is_some_and(|shape| shape.usage_on_request());
         return Ok(Exchange {
             operation,
             body: head.rewrite(body, model, ask_usage),
@@ -114,21 +108,9 @@ pub fn plan(
     request.model = model.to_owned();
     request.stream = stream;
     translate::fields::nested_drops(&request, upstream, &mut dropped);
-    let (operation, encoded) = match upstream {
-        Wire::OpenAi => (
-            Operation::ChatCompletions,
-            openai::encode::encode_chat(&request),
-        ),
-        Wire::Anthropic => (
-            Operation::Messages,
-            anthropic::request::encode(&request, deployment.provider.default_max_tokens())
-                .map_err(|error| untranslatable(&error))?,
-        ),
-        Wire::Gemini => (
-            Operation::GenerateContent,
-            gemini::request::encode(&request).map_err(|error| untranslatable(&error))?,
-        ),
-    };
+    let (operation, encoded) =
+        shapes::upstream_request(upstream, &request, deployment.provider.default_max_tokens())
+            .map_err(|error| untranslatable(&error))?;
     Ok(Exchange {
         operation,
         body: Bytes::from(encoded.to_string()),

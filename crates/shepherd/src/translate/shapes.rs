@@ -14,7 +14,7 @@ use super::{TranslateError, anthropic, gemini, openai, responses};
 use crate::api::errors::ClientProtocol;
 use crate::api::new_id;
 use crate::config::Wire;
-use crate::providers::Endpoint;
+use crate::providers::{Endpoint, Operation};
 
 /// What a response repeats of its request (Responses API only; empty for the other shapes).
 pub use responses::response::Echo;
@@ -42,6 +42,13 @@ pub trait ClientShape: Sync {
     fn usage_of(&self, usage: &Value) -> Option<Usage>;
     /// How a passed-through stream of this shape is watched (`api/watch.rs`).
     fn grammar(&self) -> Grammar;
+    /// The upstream operation that takes this shape's bodies unchanged.
+    fn passthrough_operation(&self) -> Operation;
+    /// A passed-through stream reports usage only when asked (`stream_options.include_usage`,
+    /// which the gateway then asks for itself).
+    fn usage_on_request(&self) -> bool {
+        false
+    }
 }
 
 /// The event grammar of a stream, for watching it when it is passed through: where its end,
@@ -102,6 +109,12 @@ impl ClientShape for ChatShape {
     fn grammar(&self) -> Grammar {
         Grammar::OpenAiChunks
     }
+    fn passthrough_operation(&self) -> Operation {
+        Operation::ChatCompletions
+    }
+    fn usage_on_request(&self) -> bool {
+        true
+    }
     fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, _: &Echo) -> Value {
         openai::response::encode_chat(answer, &envelope("chatcmpl-", model), usage)
     }
@@ -137,6 +150,12 @@ impl ClientShape for CompletionShape {
     }
     fn grammar(&self) -> Grammar {
         Grammar::OpenAiChunks
+    }
+    fn passthrough_operation(&self) -> Operation {
+        Operation::Completions
+    }
+    fn usage_on_request(&self) -> bool {
+        true
     }
     fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, _: &Echo) -> Value {
         openai::response::encode_completion(answer, &envelope("cmpl-", model), usage)
@@ -175,6 +194,9 @@ impl ClientShape for MessagesShape {
     }
     fn grammar(&self) -> Grammar {
         Grammar::Anthropic
+    }
+    fn passthrough_operation(&self) -> Operation {
+        Operation::Messages
     }
     fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, _: &Echo) -> Value {
         anthropic::response::encode(answer, &new_id("msg_"), model, usage)
@@ -224,6 +246,9 @@ impl ClientShape for ResponsesShape {
     fn grammar(&self) -> Grammar {
         Grammar::Responses
     }
+    fn passthrough_operation(&self) -> Operation {
+        Operation::Responses
+    }
     fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, echo: &Echo) -> Value {
         responses::response::encode(answer, &Self::envelope(model, echo.clone()), usage)
     }
@@ -235,6 +260,28 @@ impl ClientShape for ResponsesShape {
     fn fresh_per_answer(&self) -> bool {
         true
     }
+}
+
+/// A canonical request encoded for an upstream protocol, with the operation that takes it.
+pub fn upstream_request(
+    wire: Wire,
+    request: &Request,
+    default_max_tokens: u64,
+) -> Result<(Operation, Value), TranslateError> {
+    Ok(match wire {
+        Wire::OpenAi => (
+            Operation::ChatCompletions,
+            openai::encode::encode_chat(request),
+        ),
+        Wire::Anthropic => (
+            Operation::Messages,
+            anthropic::request::encode(request, default_max_tokens)?,
+        ),
+        Wire::Gemini => (
+            Operation::GenerateContent,
+            gemini::request::encode(request)?,
+        ),
+    })
 }
 
 /// The decoder of an upstream protocol's stream.

@@ -181,6 +181,7 @@ async fn model_list_shows_only_the_keys_models() {
             "local-mock",
             "claude-x",
             "gemini-x",
+            "gpt-resp",
             "gemini-embed",
             "cached-gpt"
         ]
