@@ -282,7 +282,7 @@ def test_embeddings_float(client):
 
 def test_models_list_full_key(client):
     ids = sorted(m.id for m in client.models.list())
-    assert ids == sorted(["gpt-4.1", "text-embedding-3-small", "local-mock", "claude-x", "gemini-x", "cached-gpt", "cached-claude"])
+    assert ids == sorted(["gpt-4.1", "text-embedding-3-small", "local-mock", "claude-x", "gemini-x", "gpt-resp", "cached-gpt", "cached-claude"])
 
 
 def test_models_list_limited_key(gateway):

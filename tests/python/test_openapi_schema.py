@@ -313,7 +313,7 @@ def test_embeddings_base64(http, schema):
 @pytest.mark.parametrize(
     "key,expected",
     [
-        (CLIENT_KEY, {"gpt-4.1", "text-embedding-3-small", "local-mock", "claude-x", "gemini-x", "cached-gpt", "cached-claude"}),
+        (CLIENT_KEY, {"gpt-4.1", "text-embedding-3-small", "local-mock", "claude-x", "gemini-x", "gpt-resp", "cached-gpt", "cached-claude"}),
         (LIMITED_KEY, {"local-mock"}),
     ],
     ids=["full-key", "limited-key"],

@@ -4,7 +4,6 @@
 
 pub mod admin;
 mod answer;
-pub mod anthropic;
 mod attempts;
 pub mod auth;
 mod body;
@@ -13,9 +12,9 @@ pub mod errors;
 mod exchange;
 pub mod health;
 pub mod models;
-pub mod openai;
 mod proxy;
 mod relay;
+pub mod routes;
 pub mod stored;
 pub mod watch;
 

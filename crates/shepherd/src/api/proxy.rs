@@ -34,13 +34,7 @@ impl Endpoint {
 
     /// The path clients call.
     pub fn route(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "/v1/chat/completions",
-            Endpoint::Completions => "/v1/completions",
-            Endpoint::Embeddings => "/v1/embeddings",
-            Endpoint::Messages => "/v1/messages",
-            Endpoint::Responses => "/v1/responses",
-        }
+        self.shape().map_or("/v1/embeddings", |shape| shape.route())
     }
 }
 

@@ -34,6 +34,15 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every client route; each is served at its `route()`.
+    pub const ALL: [Endpoint; 5] = [
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+        Endpoint::Messages,
+        Endpoint::Responses,
+    ];
+
     /// The upstream protocol that takes the route's bodies unchanged (pass-through), if any:
     /// same shape, not same vendor (a Responses request is never passed to a chat upstream).
     pub fn passthrough(self) -> Option<Wire> {

@@ -25,8 +25,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::api::errors::ApiError;
-use crate::api::{anthropic, count_tokens, health, models, openai, stored};
+use crate::api::{count_tokens, health, models, routes, stored};
 use crate::config::{Config, CorsConfig};
+use crate::providers::Endpoint;
 use crate::state::AppState;
 
 pub use edge::REQUEST_ID;
@@ -47,18 +48,17 @@ pub fn app(state: Arc<AppState>) -> Router {
     } else {
         Router::new()
     };
-    let router = Router::new()
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/completions", post(openai::completions))
-        .route("/v1/embeddings", post(openai::embeddings))
-        .route("/v1/responses", post(openai::responses))
+    let mut router = Router::new();
+    for endpoint in Endpoint::ALL {
+        router = router.route(endpoint.route(), routes::client_route(endpoint));
+    }
+    let router = router
         .route(
             "/v1/responses/{id}",
             get(stored::retrieve).delete(stored::delete),
         )
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::retrieve))
-        .route("/v1/messages", post(anthropic::messages))
         .route(
             "/v1/messages/count_tokens",
             post(count_tokens::count_tokens),

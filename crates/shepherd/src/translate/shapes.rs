@@ -22,6 +22,8 @@ pub use responses::response::Echo;
 /// One client shape's codec: its requests decoded into the canonical form, canonical answers
 /// and stream events encoded back.
 pub trait ClientShape: Sync {
+    /// The path clients call.
+    fn route(&self) -> &'static str;
     /// The protocol of its errors.
     fn protocol(&self) -> ClientProtocol;
     /// The upstream protocol that takes this shape's bodies unchanged (pass-through), if any.
@@ -88,6 +90,9 @@ fn envelope(prefix: &str, model: &str) -> openai::response::Envelope {
 struct ChatShape;
 
 impl ClientShape for ChatShape {
+    fn route(&self) -> &'static str {
+        "/v1/chat/completions"
+    }
     fn protocol(&self) -> ClientProtocol {
         ClientProtocol::OpenAi
     }
@@ -130,6 +135,9 @@ impl ClientShape for ChatShape {
 struct CompletionShape;
 
 impl ClientShape for CompletionShape {
+    fn route(&self) -> &'static str {
+        "/v1/completions"
+    }
     fn protocol(&self) -> ClientProtocol {
         ClientProtocol::OpenAi
     }
@@ -172,6 +180,9 @@ impl ClientShape for CompletionShape {
 struct MessagesShape;
 
 impl ClientShape for MessagesShape {
+    fn route(&self) -> &'static str {
+        "/v1/messages"
+    }
     fn protocol(&self) -> ClientProtocol {
         ClientProtocol::Anthropic
     }
@@ -223,6 +234,9 @@ impl ResponsesShape {
 }
 
 impl ClientShape for ResponsesShape {
+    fn route(&self) -> &'static str {
+        "/v1/responses"
+    }
     fn protocol(&self) -> ClientProtocol {
         ClientProtocol::OpenAi
     }
