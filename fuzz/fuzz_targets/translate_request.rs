@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use shepherd::translate::{anthropic, gemini, openai};
+use shepherd::translate::{anthropic, gemini, openai, responses};
 use shepherd::wire::openai::RequestHead;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
         openai::request::decode_completion(data),
         anthropic::request::decode(data),
         anthropic::request::decode_count(data),
+        responses::request::decode(data),
     ] {
         let Ok(request) = decoded else { continue };
         let _ = openai::encode::encode_chat(&request);

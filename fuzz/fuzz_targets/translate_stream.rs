@@ -1,5 +1,5 @@
 //! Upstream stream events of every protocol decoded one by one and encoded for every client
-//! protocol: no panic, whatever the events hold and in whatever order.
+//! shape (Responses API included): no panic, whatever the events hold and in whatever order.
 #![no_main]
 
 use bytes::BytesMut;
@@ -8,6 +8,8 @@ use shepherd::translate::anthropic::stream::{MessagesDecoder, MessagesEncoder};
 use shepherd::translate::gemini::stream::GenerateDecoder;
 use shepherd::translate::openai::response::Envelope;
 use shepherd::translate::openai::stream::{ChatDecoder, ChatEncoder, ChunkKind};
+use shepherd::translate::responses::response::{Echo, Envelope as ResponseEnvelope};
+use shepherd::translate::responses::stream::ResponsesEncoder;
 use shepherd::translate::stream::{Decoder, Encoder};
 use shepherd::wire::sse::events;
 
@@ -26,10 +28,17 @@ fuzz_target!(|data: &[u8]| {
             model: "m".into(),
             created: 1,
         };
-        let mut encoders: [Box<dyn Encoder>; 3] = [
+        let response = ResponseEnvelope {
+            id: "resp_fuzz".into(),
+            model: "m".into(),
+            created: 1,
+            echo: Echo::new(),
+        };
+        let mut encoders: [Box<dyn Encoder>; 4] = [
             Box::new(ChatEncoder::new(envelope.clone(), ChunkKind::Chat, true)),
             Box::new(ChatEncoder::new(envelope, ChunkKind::Completion, false)),
             Box::new(MessagesEncoder::new("msg_fuzz".into(), "m".into())),
+            Box::new(ResponsesEncoder::new(response)),
         ];
         let mut out = BytesMut::new();
         let mut decoded = Vec::new();
