@@ -1,6 +1,11 @@
 #!/usr/bin/env python3
-"""Shepherd's benchmark: the same load three ways (direct to mock-upstream, through nginx
+"""Shepherd's benchmark: the same load three ways (direct to the upstream, through nginx
 proxy_pass, through Shepherd), on this machine, in the same run, interleaved.
+
+Two upstreams (`--upstream`): mock-upstream (`mock`, the default: bodies built per request,
+streams paced), or a static nginx (`static`, as the independent harness of issue 17 ran it: one
+realistic 828-byte completion with usage, or a 22-event ~6.8 KB stream ending in a usage chunk,
+sent at once). `--ledger-rows N` starts Shepherd on a SQLite ledger already holding N rows.
 
 The proxy under test is pinned to core 0; mock-upstream and the load generators to core 1.
 Besides wall-clock figures it records the proxy's own CPU time per request (from
@@ -39,6 +44,9 @@ CHAT_BODY = json.dumps({"model": "gpt-4.1", "messages": [{"role": "user", "conte
 STEAL_LIMIT_PCT = 10.0
 LOAD_SATURATED_PCT = 90.0
 TARGETS = ("direct", "nginx", "shepherd")
+# Set from the command line (see the module doc).
+UPSTREAM = "mock"
+LEDGER_ROWS = 0
 
 
 # ---------------------------------------------------------------- /proc readings
@@ -143,12 +151,47 @@ class Servers:
         for port in (PORT_MOCK, PORT_NGINX, PORT_SHEPHERD):
             if not port_free(port):
                 raise RuntimeError(f"port {port} is taken; stop what uses it")
-        self.procs["mock"] = subprocess.Popen(
-            ["taskset", "-c", CORE_LOAD, str(RELEASE / "mock-upstream"), "--listen", f"127.0.0.1:{PORT_MOCK}", "--no-record"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if UPSTREAM == "static":
+            self.procs["mock"] = subprocess.Popen(self.static_upstream_command(),
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            self.procs["mock"] = subprocess.Popen(
+                ["taskset", "-c", CORE_LOAD, str(RELEASE / "mock-upstream"), "--listen", f"127.0.0.1:{PORT_MOCK}", "--no-record"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(PORT_MOCK)
+        if LEDGER_ROWS:
+            self.fill_ledger()
         self.start_nginx()
         self.start_shepherd()
+
+    def static_upstream_command(self) -> list[str]:
+        prefix = self.workdir / "static"
+        prefix.mkdir(exist_ok=True)
+        whole, stream = static_bodies()
+        # nginx's workers run as an unprivileged user: they must be able to read the bodies.
+        self.workdir.chmod(0o755)
+        bodies = prefix / "bodies"
+        for path, body in (("whole", whole), ("stream", stream)):
+            (bodies / path / "v1" / "chat").mkdir(parents=True, exist_ok=True)
+            (bodies / path / "v1" / "chat" / "completions").write_text(body)
+        for directory in [prefix, *bodies.rglob("*"), bodies]:
+            directory.chmod(0o755 if directory.is_dir() else 0o644)
+        conf = (BENCH / "static-upstream.conf.template").read_text().format(prefix=prefix, port=PORT_MOCK)
+        (prefix / "nginx.conf").write_text(conf)
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        return ["taskset", "-c", CORE_LOAD, nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"]
+
+    def ledger_path(self) -> Path:
+        return self.workdir / "ledger" / "shepherd.db"
+
+    def fill_ledger(self) -> None:
+        """A ledger of LEDGER_ROWS rows for Shepherd to start on (the insert bench's records)."""
+        started = time.time()
+        subprocess.run([str(RELEASE / "examples" / "ledger_insert"), "--rows", str(LEDGER_ROWS),
+                        "--keep", str(self.ledger_path())], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        size = self.ledger_path().stat().st_size / 1e6
+        print(f"ledger: {LEDGER_ROWS:,} rows, {size:,.0f} MB in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
 
     def nginx_command(self) -> list[str]:
         prefix = self.workdir / "nginx"
@@ -164,7 +207,9 @@ class Servers:
         wait_http(PORT_NGINX)
 
     def shepherd_command(self) -> list[str]:
-        config = (BENCH / "shepherd.bench.yaml.template").read_text().format(port=PORT_SHEPHERD, upstream_port=PORT_MOCK)
+        template = "shepherd.static.yaml.template" if UPSTREAM == "static" else "shepherd.bench.yaml.template"
+        state = f"state: {{database: 'sqlite://{self.ledger_path()}'}}" if LEDGER_ROWS else ""
+        config = (BENCH / template).read_text().format(port=PORT_SHEPHERD, upstream_port=PORT_MOCK, state=state)
         path = self.workdir / "shepherd.yaml"
         path.write_text(config)
         return ["taskset", "-c", CORE_PROXY, str(RELEASE / "shepherd"), "serve", "--config", str(path)]
@@ -218,10 +263,57 @@ class Servers:
                 proc.kill()
 
 
-def url(target: str, path: str = "/v1/chat/completions") -> str:
+def url(target: str, path: str = "/v1/chat/completions", stream: bool = False) -> str:
     port = {"direct": PORT_MOCK, "nginx": PORT_NGINX, "shepherd": PORT_SHEPHERD,
             "limits_memory": PORT_LIMITS_MEMORY, "limits_redis": PORT_LIMITS_REDIS}[target]
+    if UPSTREAM == "static" and path == "/v1/chat/completions" and target in ("direct", "nginx"):
+        # The static upstream serves each body at its own path; Shepherd picks it by model.
+        path = "/stream/v1/chat/completions" if stream else "/whole/v1/chat/completions"
     return f"http://127.0.0.1:{port}{path}"
+
+
+# ---------------------------------------------------------------- the static upstream's bodies
+
+STATIC_MODEL = "gpt-4.1-2025-04-14"
+STATIC_HEAD = {"id": "chatcmpl-BenchStatic0123456789abcdefXYZ", "created": 1764979200, "model": STATIC_MODEL}
+WORDS = ("The gateway forwards each request to the upstream and counts the tokens it reports, "
+         "so that budgets, rate limits and the usage ledger stay exact under load. ").split()
+
+
+def static_bodies() -> tuple[str, str]:
+    """An 828-byte chat completion carrying usage, and a 22-event stream (~6.8 KB): a role
+    chunk, 18 content chunks, the finish chunk, a usage chunk, then [DONE]."""
+    usage = {"prompt_tokens": 19, "completion_tokens": 96, "total_tokens": 115,
+             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+    def whole_with(text: str) -> str:
+        return json.dumps({**STATIC_HEAD, "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+             "logprobs": None, "finish_reason": "stop"}],
+            "usage": usage, "service_tier": "default", "system_fingerprint": "fp_bench0001"},
+            separators=(",", ":"))
+    text = ""
+    n = 0
+    while len(whole_with(text + WORDS[n % len(WORDS)] + " ")) <= 828:
+        text += WORDS[n % len(WORDS)] + " "
+        n += 1
+    whole = whole_with(text.ljust(len(text) + 828 - len(whole_with(text))))
+
+    def chunk(delta: dict, finish=None, chunk_usage=None, choices=True) -> str:
+        body = {**STATIC_HEAD, "object": "chat.completion.chunk", "service_tier": "default",
+                "system_fingerprint": "fp_bench0001",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else [],
+                "usage": chunk_usage}
+        return "data: " + json.dumps(body, separators=(",", ":")) + "\n\n"
+    events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+    for i in range(18):
+        piece = " ".join(WORDS[(i * 4 + j) % len(WORDS)] for j in range(4)) + " "
+        events.append(chunk({"content": piece}))
+    events.append(chunk({}, finish="stop"))
+    events.append(chunk({}, chunk_usage=usage, choices=False))
+    events.append("data: [DONE]\n\n")
+    return whole, "".join(events)
 
 
 # ---------------------------------------------------------------- load generators
@@ -263,23 +355,48 @@ def measured(servers: Servers, target: str, run) -> dict:
     return best
 
 
+def stream_load(target: str, *args: str) -> dict:
+    """Streams through `loadgen stream`: paced by mock-upstream, or the static upstream's fixed
+    22-event stream sent at once."""
+    if UPSTREAM == "static":
+        args = tuple(a for a in _without_pacing(args)) + ("--chunks", "22", "--delay-ms", "0", "--model", "gpt-stream")
+    return loadgen("stream", "--url", url(target, stream=True), "--key", KEY, *args)
+
+
+def _without_pacing(args: tuple) -> list[str]:
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--chunks", "--delay-ms"):
+            skip = True
+            continue
+        out.append(arg)
+    return out
+
+
 def scenarios(args) -> dict:
     seconds = str(args.seconds)
     return {
         "c1": lambda t: http(t, "--concurrency", "1", "--requests", str(args.c1_requests)),
         "c64": lambda t: http(t, "--concurrency", "64", "--seconds", seconds),
+        "open500": lambda t: http(t, "--rate", "500", "--concurrency", "64", "--seconds", seconds),
         "open2000": lambda t: http(t, "--rate", "2000", "--concurrency", "256", "--seconds", seconds),
         "open5000": lambda t: http(t, "--rate", "5000", "--concurrency", "512", "--seconds", seconds),
         # 8 paced streams at a time for twice the usual duration: ~240 streams per run, enough
         # for a time-to-first-chunk p99 that is not just the slowest stream.
-        "stream": lambda t: loadgen("stream", "--url", url(t), "--key", KEY, "--concurrency", "8",
-                                    "--seconds", str(2 * args.seconds), "--chunks", "64", "--delay-ms", "5"),
+        "stream": lambda t: stream_load(t, "--concurrency", "8",
+                                        "--seconds", str(2 * args.seconds), "--chunks", "64", "--delay-ms", "5"),
         # Stream start alone: one short stream at a time, thousands of samples, so the p99 of
         # the added time to first chunk is not at the mercy of a handful of slow streams.
-        "stream_start": lambda t: loadgen("stream", "--url", url(t), "--key", KEY, "--concurrency", "1",
-                                          "--seconds", str(args.seconds), "--chunks", "1", "--delay-ms", "0"),
-        "streams1000": lambda t: loadgen("stream", "--url", url(t), "--key", KEY, "--concurrency", "1000",
-                                         "--streams-per-worker", "1", "--seconds", "30", "--chunks", "64", "--delay-ms", "5"),
+        "stream_start": lambda t: stream_load(t, "--concurrency", "1",
+                                              "--seconds", str(args.seconds), "--chunks", "1", "--delay-ms", "0"),
+        "streams1000": lambda t: stream_load(t, "--concurrency", "1000", "--streams-per-worker", "1",
+                                             "--seconds", "30", "--chunks", "64", "--delay-ms", "5"),
+        # Many streams at once, back to back, as the independent harness ran them (64 workers).
+        "stream64": lambda t: stream_load(t, "--concurrency", "64", "--seconds", seconds,
+                                          "--chunks", "64", "--delay-ms", "0"),
     }
 
 
@@ -359,7 +476,7 @@ def table(summary: dict) -> str:
     row("c=64 p99 (µs)", "p99_us", "c64")
     row("c=64 proxy CPU per request (µs)", "proxy_cpu_us_per_req", "c64")
     row("c=64 load core busy (%)", "load_core_busy_pct", "c64")
-    for rate in ("2000", "5000"):
+    for rate in ("500", "2000", "5000"):
         s = f"open{rate}"
         row(f"open {rate}/s achieved rate", "rps", s)
         row(f"open {rate}/s p50 (µs)", "p50_us", s)
@@ -371,6 +488,10 @@ def table(summary: dict) -> str:
     row("stream added time to first chunk p99 (µs)", "ttfb_p99_us", "stream", added=True)
     row("stream chunk delay beyond pacing p99 (µs)", "excess_p99_us", "stream")
     row("stream proxy CPU per stream (µs)", "proxy_cpu_us_per_req", "stream")
+    row("64 streams at once: streams/s", "streams_per_s", "stream64")
+    row("64 streams at once: added time to first chunk p99 (µs)", "ttfb_p99_us", "stream64", added=True)
+    row("64 streams at once: proxy CPU per stream (µs)", "proxy_cpu_us_per_req", "stream64")
+    row("64 streams at once: errors + incomplete", "failed", "stream64")
     row("stream start (1 at a time) added time to first chunk p50 (µs)", "ttfb_p50_us", "stream_start", added=True)
     row("stream start (1 at a time) added time to first chunk p99 (µs)", "ttfb_p99_us", "stream_start", added=True)
     row("1,000 streams: completed", "streams", "streams1000")
@@ -410,6 +531,7 @@ def limits_table(summary: dict) -> str:
 
 
 def flatten_stream(result: dict) -> dict:
+    result["streams_per_s"] = result["streams"] / max(result.get("seconds") or 0, 1e-9)
     result["ttfb_p50_us"] = result["ttfb_us"]["p50"]
     result["ttfb_p99_us"] = result["ttfb_us"]["p99"]
     result["excess_p99_us"] = result["chunk_excess_us"]["p99"]
@@ -438,10 +560,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="repeat every scenario this many times (median kept)")
     parser.add_argument("--seconds", type=int, default=5, help="duration of each timed run")
     parser.add_argument("--c1-requests", type=int, default=3000)
-    parser.add_argument("--only", default="", help="comma-separated scenarios (c1,c64,open2000,open5000,stream,stream_start,streams1000)")
+    parser.add_argument("--only", default="", help="comma-separated scenarios (c1,c64,open500,open2000,open5000,stream,stream_start,streams1000,stream64)")
     parser.add_argument("--soak", type=float, default=0.0, metavar="MINUTES", help="also soak Shepherd for MINUTES, sampling RSS")
     parser.add_argument("--limits", action="store_true", help="also run Shepherd with key limits in memory and in Redis (c1 and c64)")
+    parser.add_argument("--upstream", choices=("mock", "static"), default="mock",
+                        help="mock-upstream (paced, built per request) or a static nginx with fixed realistic bodies")
+    parser.add_argument("--ledger-rows", type=int, default=0, metavar="N",
+                        help="start Shepherd on a SQLite ledger already holding N rows")
     args = parser.parse_args()
+    global UPSTREAM, LEDGER_ROWS
+    UPSTREAM, LEDGER_ROWS = args.upstream, args.ledger_rows
 
     workdir = Path(tempfile.mkdtemp(prefix="shepherd-bench-"))
     servers = Servers(workdir)
@@ -495,6 +623,7 @@ def main() -> int:
         "machine": f"{cpu_model()}, {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB",
         "kernel": platform.release(),
         "rounds": args.rounds, "seconds": args.seconds,
+        "upstream": UPSTREAM, "ledger_rows": LEDGER_ROWS,
         "wall_s": round(time.time() - started),
     }
     report = {"meta": meta, "summary": summary, **raw}
@@ -503,8 +632,9 @@ def main() -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     (results / f"{stamp}.json").write_text(json.dumps(report, indent=1))
     text = table(summary)
-    (results / "latest.md").write_text(f"Commit {meta['commit']}, {meta['date']}, {meta['machine']}\n\n{text}\n")
-    print(f"\nShepherd benchmark — commit {meta['commit']}, {meta['date']}, {meta['rounds']} rounds (medians), {meta['wall_s']} s")
+    setup = f"upstream {UPSTREAM}, ledger {LEDGER_ROWS:,} rows"
+    (results / "latest.md").write_text(f"Commit {meta['commit']}, {meta['date']}, {meta['machine']}, {setup}\n\n{text}\n")
+    print(f"\nShepherd benchmark — commit {meta['commit']}, {meta['date']}, {setup}, {meta['rounds']} rounds (medians), {meta['wall_s']} s")
     print(text)
     if "soak" in raw:
         rss = [s["rss_mb"] for s in raw["soak"]["samples"]]

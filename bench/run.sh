@@ -17,6 +17,7 @@ fi
 
 echo "== building release binaries"
 cargo build --release --quiet -p shepherd -p mock-upstream -p shepherd-loadgen
+cargo build --release --quiet -p shepherd --example ledger_insert
 
 echo "== running"
 exec python3 bench/bench.py "$@"

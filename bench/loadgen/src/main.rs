@@ -63,6 +63,9 @@ enum Cmd {
         chunks: usize,
         #[arg(long, default_value_t = 5)]
         delay_ms: u64,
+        /// The model named in the stream requests.
+        #[arg(long, default_value = "gpt-4.1")]
+        model: String,
     },
     /// Opens `connections` keep-alive connections, prints `{"ready":N}`, holds them `seconds`.
     Hold {
@@ -132,8 +135,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             streams_per_worker,
             chunks,
             delay_ms,
+            model,
         } => {
             let plan = StreamPlan {
+                model,
                 url,
                 key,
                 chunks,
@@ -154,6 +159,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 struct StreamPlan {
+    model: String,
     url: String,
     key: String,
     chunks: usize,
@@ -178,7 +184,7 @@ async fn run_streams(
     let client = client(concurrency)?;
     let plan = Arc::new(plan);
     let results = Arc::new(Mutex::new(StreamResults::default()));
-    let body = json!({"model": "gpt-4.1", "stream": true,
+    let body = json!({"model": plan.model, "stream": true,
                       "messages": [{"role": "user", "content": "benchmark stream"}]})
     .to_string();
     let started = Instant::now();

@@ -5,6 +5,9 @@
 //! ```sh
 //! cargo run --release --example ledger_insert -- --rows 5000000
 //! ```
+//!
+//! `--keep FILE` leaves the filled ledger at FILE (the bench's ledger-size dimension starts the
+//! gateway on it) instead of removing it.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -86,10 +89,23 @@ fn main() {
         .skip_while(|a| a != "--rows")
         .nth(1)
         .map_or(5_000_000, |v| v.parse().unwrap());
+    let keep = std::env::args()
+        .skip_while(|a| a != "--keep")
+        .nth(1)
+        .map(std::path::PathBuf::from);
     let dir = std::env::temp_dir().join(format!("shepherd-ledger-bench-{}", std::process::id()));
-    let path = dir.join("shepherd.db");
+    let path = keep.clone().unwrap_or_else(|| dir.join("shepherd.db"));
     let store = SqliteStore::open(&Database::Sqlite(path.clone())).unwrap();
-    let now_ms = 1_790_000_000_000;
+    // Recent enough that the gateway's retention (90 days) keeps every row when it opens a kept
+    // ledger.
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+        - 86_400_000;
     eprintln!("empty ledger:");
     let empty = timed(&store, 0, now_ms);
     eprintln!("filling to {rows} rows...");
@@ -109,5 +125,7 @@ fn main() {
         full / empty
     );
     drop(store);
-    let _ = std::fs::remove_dir_all(dir);
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
