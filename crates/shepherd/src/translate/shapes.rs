@@ -70,8 +70,8 @@ impl Endpoint {
     /// The codec of the route's shape (`None` for embeddings, which are not chat).
     pub fn shape(self) -> Option<&'static dyn ClientShape> {
         match self {
-            Endpoint::ChatCompletions => Some(&ChatShape),
-            Endpoint::Completions => Some(&CompletionShape),
+            Endpoint::ChatCompletions => Some(&CHAT),
+            Endpoint::Completions => Some(&COMPLETION),
             Endpoint::Messages => Some(&MessagesShape),
             Endpoint::Responses => Some(&ResponsesShape),
             Endpoint::Embeddings => None,
@@ -87,56 +87,41 @@ fn envelope(prefix: &str, model: &str) -> openai::response::Envelope {
     }
 }
 
-struct ChatShape;
-
-impl ClientShape for ChatShape {
-    fn route(&self) -> &'static str {
-        "/v1/chat/completions"
-    }
-    fn protocol(&self) -> ClientProtocol {
-        ClientProtocol::OpenAi
-    }
-    fn passthrough(&self) -> Option<Wire> {
-        Some(Wire::OpenAi)
-    }
-    fn fields(&self) -> &'static [Row] {
-        fields::CHAT
-    }
-    fn decode_request(&self, body: &[u8]) -> Result<Request, TranslateError> {
-        openai::request::decode_chat(body)
-    }
-    fn decode_answer(&self, body: &Value) -> Result<Response, String> {
-        openai::response::decode_chat(body)
-    }
-    fn usage_of(&self, usage: &Value) -> Option<Usage> {
-        openai::response::usage_of(usage)
-    }
-    fn grammar(&self) -> Grammar {
-        Grammar::OpenAiChunks
-    }
-    fn passthrough_operation(&self) -> Operation {
-        Operation::ChatCompletions
-    }
-    fn usage_on_request(&self) -> bool {
-        true
-    }
-    fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, _: &Echo) -> Value {
-        openai::response::encode_chat(answer, &envelope("chatcmpl-", model), usage)
-    }
-    fn stream_encoder(&self, model: String, include_usage: bool, _: Echo) -> Box<dyn Encoder> {
-        Box::new(openai::stream::ChatEncoder::new(
-            envelope("chatcmpl-", &model),
-            openai::stream::ChunkKind::Chat,
-            include_usage,
-        ))
-    }
+/// OpenAI's chat completions and legacy completions: one codec, two routes.
+struct OpenAiShape {
+    route: &'static str,
+    fields: &'static [Row],
+    operation: Operation,
+    /// The id prefix of its answers.
+    prefix: &'static str,
+    kind: openai::stream::ChunkKind,
+    decode: fn(&[u8]) -> Result<Request, TranslateError>,
+    encode: fn(&Response, &openai::response::Envelope, &Usage) -> Value,
 }
 
-struct CompletionShape;
+const CHAT: OpenAiShape = OpenAiShape {
+    route: "/v1/chat/completions",
+    fields: fields::CHAT,
+    operation: Operation::ChatCompletions,
+    prefix: "chatcmpl-",
+    kind: openai::stream::ChunkKind::Chat,
+    decode: openai::request::decode_chat,
+    encode: openai::response::encode_chat,
+};
 
-impl ClientShape for CompletionShape {
+const COMPLETION: OpenAiShape = OpenAiShape {
+    route: "/v1/completions",
+    fields: fields::COMPLETION,
+    operation: Operation::Completions,
+    prefix: "cmpl-",
+    kind: openai::stream::ChunkKind::Completion,
+    decode: openai::request::decode_completion,
+    encode: openai::response::encode_completion,
+};
+
+impl ClientShape for OpenAiShape {
     fn route(&self) -> &'static str {
-        "/v1/completions"
+        self.route
     }
     fn protocol(&self) -> ClientProtocol {
         ClientProtocol::OpenAi
@@ -145,10 +130,10 @@ impl ClientShape for CompletionShape {
         Some(Wire::OpenAi)
     }
     fn fields(&self) -> &'static [Row] {
-        fields::COMPLETION
+        self.fields
     }
     fn decode_request(&self, body: &[u8]) -> Result<Request, TranslateError> {
-        openai::request::decode_completion(body)
+        (self.decode)(body)
     }
     fn decode_answer(&self, body: &Value) -> Result<Response, String> {
         openai::response::decode_chat(body)
@@ -160,18 +145,18 @@ impl ClientShape for CompletionShape {
         Grammar::OpenAiChunks
     }
     fn passthrough_operation(&self) -> Operation {
-        Operation::Completions
+        self.operation
     }
     fn usage_on_request(&self) -> bool {
         true
     }
     fn encode_answer(&self, answer: &Response, model: &str, usage: &Usage, _: &Echo) -> Value {
-        openai::response::encode_completion(answer, &envelope("cmpl-", model), usage)
+        (self.encode)(answer, &envelope(self.prefix, model), usage)
     }
     fn stream_encoder(&self, model: String, include_usage: bool, _: Echo) -> Box<dyn Encoder> {
         Box::new(openai::stream::ChatEncoder::new(
-            envelope("cmpl-", &model),
-            openai::stream::ChunkKind::Completion,
+            envelope(self.prefix, &model),
+            self.kind,
             include_usage,
         ))
     }

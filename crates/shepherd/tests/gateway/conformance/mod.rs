@@ -4,6 +4,7 @@
 //! what the upstream received, in its own.
 
 mod neutral;
+mod responses;
 
 use mock_upstream::Style;
 use serde_json::{Value, json};
