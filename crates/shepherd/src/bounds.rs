@@ -31,6 +31,11 @@ pub const MAX_REPORTED_TOKENS: u64 = 10_000_000_000;
 /// Unix seconds of the last second RFC 3339 writes with four digits (9999-12-31T23:59:59Z).
 pub const MAX_UNIX_SECONDS: i64 = 253_402_300_799;
 
+/// The largest conversation `previous_response_id` may grow into (stored input, the output it
+/// continues and the new input, as JSON): far past any model's context window, it keeps a chain
+/// of continuations from growing every stored row and upstream body without end.
+pub const MAX_CONVERSATION_BYTES: usize = 16 * 1024 * 1024;
+
 /// `instant + duration`, or as far as `MAX_CONFIG_DURATION` ahead when that would overflow.
 pub fn later(instant: tokio::time::Instant, duration: Duration) -> tokio::time::Instant {
     instant

@@ -67,7 +67,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
+    pub(super) fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: String,
+    ) -> Self {
         let blame = if status.is_server_error() {
             Blame::Gateway
         } else {
@@ -205,7 +210,7 @@ impl ApiError {
         )
     }
 
-    fn with_param(mut self, param: impl Into<String>) -> Self {
+    pub(super) fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into().into_boxed_str());
         self
     }
@@ -495,50 +500,6 @@ impl ApiError {
             "server_error",
             "state_unavailable",
             "The gateway cannot reach the shared state that enforces limits (Redis); requests are refused until it is back.".to_owned(),
-        )
-        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
-    }
-
-    /// `previous_response_id` names no response this key may continue (unknown, expired,
-    /// deleted, or another key's).
-    pub fn previous_response_not_found(id: &str) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "previous_response_not_found",
-            format!("Previous response with id '{id}' not found."),
-        )
-        .with_param("previous_response_id")
-    }
-
-    /// `GET`/`DELETE /v1/responses/{id}` of a response this key does not have.
-    pub fn response_not_found(id: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "not_found",
-            format!("No response with id '{id}' found."),
-        )
-    }
-
-    /// Stored responses are off (`state.response_retention: 0s`).
-    pub fn responses_not_kept(field: &str) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "stored_responses_disabled",
-            "This gateway keeps no responses (state.response_retention is 0s): send the whole conversation in `input`.".to_owned(),
-        )
-        .with_param(field)
-    }
-
-    /// The database that keeps responses cannot be read.
-    pub fn store_unavailable(detail: &str) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "state_unavailable",
-            format!("The gateway cannot read its stored responses: {detail}"),
         )
         .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
     }

@@ -16,10 +16,10 @@ use std::time::Duration;
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::errors::ApiError;
 use crate::context::RequestContext;
@@ -104,10 +104,20 @@ pub async fn prepare(
     }
     // Rewritten only when continued: otherwise the client's bytes go on as they came.
     let body = match previous {
-        Some(_) => serde_json::to_vec(&request).map_or(body, Bytes::from),
+        Some(_) => continued_body(&request, crate::bounds::MAX_CONVERSATION_BYTES)?,
         None => body,
     };
     Ok((body, echo))
+}
+
+/// A continued request's new bytes, refused past `limit`.
+fn continued_body(request: &Map<String, Value>, limit: usize) -> Result<Bytes, ApiError> {
+    let bytes =
+        serde_json::to_vec(request).map_err(|error| ApiError::internal(&error.to_string()))?;
+    if bytes.len() > limit {
+        return Err(ApiError::conversation_too_long(limit));
+    }
+    Ok(Bytes::from(bytes))
 }
 
 /// The items of an `input`: a string is one user message.
@@ -311,6 +321,64 @@ pub async fn delete(
     }
 }
 
+/// The errors of stored responses, in OpenAI's shape.
+impl ApiError {
+    /// `previous_response_id` names no response this key may continue (unknown, expired,
+    /// deleted, or another key's).
+    pub fn previous_response_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "previous_response_not_found",
+            format!("Previous response with id '{id}' not found."),
+        )
+        .with_param("previous_response_id")
+    }
+
+    /// `GET`/`DELETE /v1/responses/{id}` of a response this key does not have.
+    pub fn response_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            format!("No response with id '{id}' found."),
+        )
+    }
+
+    /// Stored responses are off (`state.response_retention: 0s`).
+    pub fn responses_not_kept(field: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "stored_responses_disabled",
+            "This gateway keeps no responses (state.response_retention is 0s): send the whole conversation in `input`.".to_owned(),
+        )
+        .with_param(field)
+    }
+
+    /// The database that keeps responses cannot be read.
+    pub fn store_unavailable(detail: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "state_unavailable",
+            format!("The gateway cannot read its stored responses: {detail}"),
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+    }
+
+    /// A continued conversation past `bounds::MAX_CONVERSATION_BYTES`.
+    pub fn conversation_too_long(limit: usize) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "conversation_too_long",
+            format!("The conversation continued from previous_response_id would be larger than {limit} bytes: start a new one."),
+        )
+        .with_param("previous_response_id")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +403,16 @@ mod tests {
             items_of(Some(&json!("hi"))),
             vec![json!({"role": "user", "content": "hi"})]
         );
+    }
+
+    #[test]
+    fn a_continued_conversation_past_the_bound_is_refused_naming_the_field() {
+        let mut request = Map::new();
+        request.insert("input".to_owned(), json!("x".repeat(100)));
+        assert!(continued_body(&request, 1_000).is_ok());
+        let error = continued_body(&request, 50).unwrap_err();
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert_eq!(error.code, "conversation_too_long");
+        assert_eq!(error.param.as_deref(), Some("previous_response_id"));
     }
 }

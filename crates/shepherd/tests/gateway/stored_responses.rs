@@ -9,18 +9,30 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-async fn respond(h: &Harness, key: &str, body: Value) -> (u16, Value) {
-    let response = h
-        .client
+/// `POST /v1/responses` with `body` as written.
+async fn post(h: &Harness, key: &str, body: String) -> reqwest::Response {
+    h.client
         .post(h.url("/v1/responses"))
         .bearer_auth(key)
         .header("content-type", "application/json")
-        .body(body.to_string())
+        .body(body)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn respond(h: &Harness, key: &str, body: Value) -> (u16, Value) {
+    let response = post(h, key, body.to_string()).await;
     let status = response.status().as_u16();
     (status, json_of(response).await)
+}
+
+/// A streamed response read to its end: the `response.completed` event.
+async fn streamed(h: &Harness, body: Value) -> Value {
+    let events = sse_payloads(post(h, CLIENT_KEY, body.to_string()).await).await;
+    let completed: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(completed["type"], "response.completed", "{events:?}");
+    completed
 }
 
 async fn get(h: &Harness, key: &str, id: &str) -> (u16, Value) {
@@ -172,17 +184,11 @@ async fn store_false_keeps_nothing_and_bad_values_are_refused() {
 #[tokio::test]
 async fn a_streamed_response_is_continued_at_once() {
     let h = start().await;
-    let streamed = h
-        .client
-        .post(h.url("/v1/responses"))
-        .bearer_auth(CLIENT_KEY)
-        .body(json!({"model": "gpt-4.1", "input": "Stream me", "stream": true}).to_string())
-        .send()
-        .await
-        .unwrap();
-    let events = sse_payloads(streamed).await;
-    let completed: Value = serde_json::from_str(events.last().unwrap()).unwrap();
-    assert_eq!(completed["type"], "response.completed");
+    let completed = streamed(
+        &h,
+        json!({"model": "gpt-4.1", "input": "Stream me", "stream": true}),
+    )
+    .await;
     let id = completed["response"]["id"].as_str().unwrap();
     // No pause: the continuation waits for the write if it is not done yet.
     let (status, next) = respond(
@@ -203,14 +209,7 @@ async fn a_cached_answer_is_a_response_of_its_own_and_is_kept() {
     let h = start().await;
     let body = json!({"model": "cached-gpt", "input": "Cache me"});
     let (_, first) = respond(&h, CLIENT_KEY, body.clone()).await;
-    let again = h
-        .client
-        .post(h.url("/v1/responses"))
-        .bearer_auth(CLIENT_KEY)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let again = post(&h, CLIENT_KEY, body.to_string()).await;
     assert_eq!(again.headers()["x-cache"], "HIT");
     let again = json_of(again).await;
     assert_ne!(again["id"], first["id"], "each answer has its own id");
@@ -261,17 +260,11 @@ async fn responses_expire_after_the_retention_and_0s_keeps_none() {
 async fn responses_passed_through_are_kept_and_continue_anywhere() {
     let h = start().await;
     // Passed through to an upstream that offers the Responses API, streamed.
-    let streamed = h
-        .client
-        .post(h.url("/v1/responses"))
-        .bearer_auth(CLIENT_KEY)
-        .body(json!({"model": "gpt-resp", "input": "My name is Ada", "stream": true}).to_string())
-        .send()
-        .await
-        .unwrap();
-    let events = sse_payloads(streamed).await;
-    let completed: Value = serde_json::from_str(events.last().unwrap()).unwrap();
-    assert_eq!(completed["type"], "response.completed");
+    let completed = streamed(
+        &h,
+        json!({"model": "gpt-resp", "input": "My name is Ada", "stream": true}),
+    )
+    .await;
     let first_id = completed["response"]["id"].as_str().unwrap().to_owned();
     let path = h.mock.requests().pop().unwrap().path.clone();
     assert_eq!(path, "/v1/responses", "passed through");
@@ -340,15 +333,7 @@ async fn a_continued_body_written_with_spaces_reaches_a_pass_through_upstream_wh
             "{{\n  \"input\" : \"Again\",\n  \"model\" : \"{model}\",\n  \"previous_response_id\" : \"{}\"\n}}",
             first["id"].as_str().unwrap()
         );
-        let response = h
-            .client
-            .post(h.url("/v1/responses"))
-            .bearer_auth(CLIENT_KEY)
-            .header("content-type", "application/json")
-            .body(spaced)
-            .send()
-            .await
-            .unwrap();
+        let response = post(&h, CLIENT_KEY, spaced).await;
         let status = response.status();
         let body = json_of(response).await;
         assert_eq!(status, 200, "{model}: {body}");
