@@ -600,6 +600,9 @@ def main() -> int:
                     flag = " HIGH STEAL" if result["high_steal"] else ""
                     flag += " LOAD-BOUND" if result["load_bound"] else ""
                     print(f"round {round_no + 1} {scenario:12} {target:9} steal {result['steal_pct']:4.1f}%{flag}", file=sys.stderr, flush=True)
+        # "After load" = a few seconds after the last scenario: Shepherd gives free memory back
+        # on its first quiet tick (every 2 s), nginx keeps what it has either way.
+        time.sleep(3)
         for t in ("nginx", "shepherd"):
             memory_runs[t]["rss_after_mb"] = rss_mb(servers.pid(t))
         coldstart = {"direct": {}}

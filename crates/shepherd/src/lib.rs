@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod governance;
+pub mod memory;
 pub mod providers;
 pub mod redact;
 pub mod routing;

@@ -170,6 +170,32 @@ fn migrate(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// The async runtime that serves: one thread doing everything when the process may use one core
+/// (a pinned or CPU-limited replica: no hand-offs between worker threads, no cross-thread
+/// wake-ups), else one worker per core.
+fn serving_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    tracing::info!(
+        cores,
+        "runtime: {}",
+        if cores == 1 {
+            "one thread"
+        } else {
+            "one worker per core"
+        }
+    );
+    if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .build()
+    }
+}
+
 fn serve(path: &std::path::Path, allow_empty: bool) -> ExitCode {
     let config = match config::load_file(path) {
         Ok(config) if config.serves_nothing() && !allow_empty => {
@@ -190,10 +216,7 @@ fn serve(path: &std::path::Path, allow_empty: bool) -> ExitCode {
         }
     };
     crate::telemetry::logging::init(&config.telemetry);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match serving_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the async runtime");

@@ -186,6 +186,14 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
     let watcher = path.map(|path| reload::watch(state.clone(), path));
     let refresher = refresh_keys(state.clone());
     let pruner = prune_ledger(state.clone());
+    let ledger = state.governance.writer.counts.clone();
+    let active = state.active_requests.clone();
+    let trimmer = tokio::spawn(async move {
+        if let Some(trim) = crate::memory::registered_trim() {
+            let work = move || ledger.written.load(Ordering::Relaxed);
+            crate::memory::trim_when_quiet(active, work, trim).await;
+        }
+    });
     let mut listeners = Vec::new();
     if let Some(admin_addr) = state.runtime().config.server.admin_listen {
         let listener = TcpListener::bind(admin_addr).await?;
@@ -230,6 +238,7 @@ async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Ru
         let _stop_watching = watcher.map(AbortOnDrop);
         let _stop_refreshing = AbortOnDrop(refresher);
         let _stop_pruning = AbortOnDrop(pruner);
+        let _stop_trimming = AbortOnDrop(trimmer);
         let _close_ledger = CloseLedger(closing.clone());
         let _ = shutdown_requested.wait_for(|requested| *requested).await;
         let active = closing.active_requests.clone();
