@@ -288,7 +288,7 @@ impl Drop for RequestContext {
         } else {
             Outcome::ClientGone
         };
-        crate::telemetry::access::write(&crate::telemetry::access::AccessRecord {
+        let record = crate::telemetry::access::AccessRecord {
             request_id: &self.request_id,
             key: fields.key.as_ref().map(|(_, name)| &**name),
             client_ip: self.client_ip,
@@ -317,7 +317,9 @@ impl Drop for RequestContext {
                     usage: source.as_str(),
                 }),
             cost_usd: cost.map(|(cost, _)| crate::governance::pricing::usd(cost)),
-        });
+        };
+        crate::telemetry::recent::push(&record);
+        crate::telemetry::access::write(&record);
     }
 }
 

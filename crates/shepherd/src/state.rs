@@ -68,6 +68,8 @@ pub struct AppState {
     pub config_path: Option<PathBuf>,
     /// Started with `--allow-empty`: a config that serves nothing may be loaded.
     pub allow_empty: AtomicBool,
+    /// Open console sessions (`/ui`).
+    pub console: crate::api::console::Sessions,
     /// Responses API answers being written to the store (`api/stored.rs`).
     pub saving_responses: Arc<crate::api::stored::Saving>,
 }
@@ -112,6 +114,7 @@ impl AppState {
             reloads: ReloadCounts::default(),
             config_path,
             allow_empty: AtomicBool::new(false),
+            console: crate::api::console::Sessions::default(),
             saving_responses: Arc::default(),
         })
     }

@@ -1,5 +1,7 @@
 //! The admin API under `/admin`, guarded by the master key (`Authorization: Bearer`): virtual
-//! keys (create, list, get, update, revoke, rotate) and usage reports. Store work runs on the
+//! keys (create, list, get, update, revoke, rotate), usage reports (JSON or CSV) and the views
+//! the console reads (`views.rs`). The console's session cookie is accepted too, a change made
+//! with it only with its CSRF token (`console.rs`). Store work runs on the
 //! blocking pool, never on the request threads.
 
 use std::sync::Arc;
@@ -8,14 +10,16 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::console::{self, same_secret};
 use super::errors::ApiError;
+use super::views;
 use crate::governance::manage::{self, KeySpec, ManageError};
 use crate::state::AppState;
 use crate::store::UsageQuery;
@@ -30,12 +34,12 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         )
         .route("/admin/keys/{id}/rotate", post(rotate_key))
         .route("/admin/usage", get(usage))
+        .route("/admin/session", get(views::session))
+        .route("/admin/overview", get(views::overview))
+        .route("/admin/deployments", get(views::deployments))
+        .route("/admin/requests", get(views::requests))
         .layer(axum::middleware::from_fn_with_state(state, guard))
-}
-
-/// Equal in constant time (for the master key).
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+        .merge(console::routes())
 }
 
 async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
@@ -45,11 +49,25 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
     };
     let presented = super::auth::presented_key(request.headers());
     match presented {
-        None => ApiError::missing_key().into_response(),
         Some(key) if same_secret(key.as_bytes(), admin.master_key.expose().as_bytes()) => {
             always_json(next.run(request).await).await
         }
         Some(_) => ApiError::invalid_key().into_response(),
+        // The console's session cookie; a change must carry the session's CSRF token.
+        None => match state.console.of(request.headers()) {
+            None => ApiError::missing_key().into_response(),
+            Some(session) => {
+                let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+                if !reads && !console::csrf_ok(&session, request.headers()) {
+                    return ApiError::admin(
+                        StatusCode::FORBIDDEN,
+                        "missing or wrong CSRF token (x-csrf-token)",
+                    )
+                    .into_response();
+                }
+                always_json(next.run(request).await).await
+            }
+        },
     }
 }
 
@@ -226,6 +244,8 @@ async fn rotate_key(
 #[derive(Debug, Deserialize)]
 struct UsageParams {
     group_by: Option<String>,
+    /// `json` (the default) or `csv`.
+    format: Option<String>,
     from: Option<String>,
     to: Option<String>,
     key: Option<String>,
@@ -233,6 +253,15 @@ struct UsageParams {
 
 async fn usage(State(state): State<Arc<AppState>>, Query(params): Query<UsageParams>) -> Response {
     let query = (|| -> Result<UsageQuery, ManageError> {
+        if let Some(format) = params
+            .format
+            .as_deref()
+            .filter(|f| !matches!(*f, "json" | "csv"))
+        {
+            return Err(ManageError::Invalid(format!(
+                "format `{format}`: use json or csv"
+            )));
+        }
         Ok(UsageQuery {
             group_by: manage::group_by(params.group_by.as_deref().unwrap_or(""))?,
             from_ms: params.from.as_deref().map(manage::time_bound).transpose()?,
@@ -246,6 +275,7 @@ async fn usage(State(state): State<Arc<AppState>>, Query(params): Query<UsagePar
     };
     let governance = state.governance.clone();
     match blocking(move || governance.report(&query)).await {
+        Ok(rows) if params.format.as_deref() == Some("csv") => views::usage_csv(&rows),
         Ok(rows) => {
             Json(json!({"object": "list", "data": manage::report_json(&rows)})).into_response()
         }

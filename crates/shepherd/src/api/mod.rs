@@ -7,6 +7,7 @@ mod answer;
 mod attempts;
 pub mod auth;
 mod body;
+pub mod console;
 pub mod count_tokens;
 pub mod errors;
 mod exchange;
@@ -16,6 +17,7 @@ mod proxy;
 mod relay;
 pub mod routes;
 pub mod stored;
+pub mod views;
 pub mod watch;
 
 /// The client routes, as limits name them.

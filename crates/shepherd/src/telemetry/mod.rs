@@ -5,4 +5,5 @@ pub mod access;
 pub mod logging;
 pub mod metrics;
 pub mod output;
+pub mod recent;
 pub mod traces;

@@ -7,6 +7,7 @@ mod check;
 mod client_limits;
 mod common;
 mod conformance;
+mod console;
 mod decisions;
 mod errors;
 mod governance;

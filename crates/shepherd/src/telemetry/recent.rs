@@ -1,0 +1,195 @@
+//! The last API requests this process answered (not its admin or console calls), in memory,
+//! for the console's live tail and its latency figures (`GET /admin/requests`,
+//! `GET /admin/overview`). A bounded ring: the oldest
+//! request leaves when a new one arrives past `CAPACITY`. Per replica, like the access log it
+//! mirrors; it never holds a key, only its name.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::access::AccessRecord;
+
+/// Requests kept.
+pub const CAPACITY: usize = 2_000;
+
+/// One request as the live tail shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentRequest {
+    /// Unix milliseconds when it ended.
+    pub time_ms: i64,
+    pub request_id: String,
+    pub key: Option<String>,
+    pub route: String,
+    pub model: Option<String>,
+    pub deployment: Option<String>,
+    pub status: u16,
+    pub stream: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: Option<f64>,
+    pub total_ms: f64,
+    /// Time to the upstream's first byte (first token, for streams).
+    pub first_byte_ms: Option<f64>,
+    pub outcome: &'static str,
+    pub error: Option<&'static str>,
+}
+
+/// Which requests a reader wants.
+#[derive(Debug, Default)]
+pub struct Filter<'a> {
+    pub key: Option<&'a str>,
+    pub model: Option<&'a str>,
+    /// `2xx`, `4xx`, `5xx`, or one status such as `429`.
+    pub status: Option<&'a str>,
+}
+
+impl Filter<'_> {
+    fn admits(&self, request: &RecentRequest) -> bool {
+        let key_ok = self
+            .key
+            .is_none_or(|key| request.key.as_deref() == Some(key));
+        let model_ok = self
+            .model
+            .is_none_or(|model| request.model.as_deref() == Some(model));
+        let status_ok = self
+            .status
+            .is_none_or(|status| status_matches(status, request.status));
+        key_ok && model_ok && status_ok
+    }
+}
+
+fn status_matches(wanted: &str, status: u16) -> bool {
+    match wanted.as_bytes() {
+        [class @ b'1'..=b'5', b'x', b'x'] => u16::from(class - b'0') == status / 100,
+        _ => wanted.parse::<u16>().is_ok_and(|exact| exact == status),
+    }
+}
+
+static RING: Mutex<VecDeque<RecentRequest>> = Mutex::new(VecDeque::new());
+
+fn ring() -> MutexGuard<'static, VecDeque<RecentRequest>> {
+    match RING.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Keeps one finished request of the API (the console's and admin calls are left out).
+pub fn push(record: &AccessRecord<'_>) {
+    if record.route.starts_with("/admin") || record.route.starts_with("/ui") {
+        return;
+    }
+    let request = RecentRequest {
+        time_ms: now_ms(),
+        request_id: record.request_id.to_owned(),
+        key: record.key.map(str::to_owned),
+        route: record.route.to_owned(),
+        model: record.model.map(str::to_owned),
+        deployment: record.deployment.map(str::to_owned),
+        status: record.status,
+        stream: record.stream,
+        prompt_tokens: record.usage.as_ref().map_or(0, |usage| usage.prompt_tokens),
+        completion_tokens: record
+            .usage
+            .as_ref()
+            .map_or(0, |usage| usage.completion_tokens),
+        cost_usd: record.cost_usd,
+        total_ms: record.total_ms,
+        first_byte_ms: record.upstream_first_byte_ms,
+        outcome: record.outcome,
+        error: record.error,
+    };
+    let mut ring = ring();
+    if ring.len() >= CAPACITY {
+        ring.pop_front();
+    }
+    ring.push_back(request);
+}
+
+/// The newest requests first, at most `limit`, that pass `filter`.
+pub fn newest(filter: &Filter<'_>, limit: usize) -> Vec<RecentRequest> {
+    ring()
+        .iter()
+        .rev()
+        .filter(|request| filter.admits(request))
+        .take(limit)
+        .cloned()
+        .collect()
+}
+
+/// Percentiles (p50, p95, p99) of the kept requests' latency and of streams' time to first
+/// byte, in milliseconds; `None` when there is nothing to measure.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub samples: usize,
+}
+
+fn percentiles(mut values: Vec<f64>) -> Option<Percentiles> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let rank = ((values.len() as f64) * q).ceil() as usize;
+        values[rank.clamp(1, values.len()) - 1]
+    };
+    Some(Percentiles {
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+        samples: values.len(),
+    })
+}
+
+/// Latency of all kept requests, and time to first byte of the kept streams.
+pub fn latency() -> (Option<Percentiles>, Option<Percentiles>) {
+    let ring = ring();
+    let total = ring.iter().map(|request| request.total_ms).collect();
+    let first = ring
+        .iter()
+        .filter(|request| request.stream)
+        .filter_map(|request| request.first_byte_ms)
+        .collect();
+    drop(ring);
+    (percentiles(total), percentiles(first))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_filters_by_class_or_exact_code() {
+        assert!(status_matches("2xx", 200));
+        assert!(status_matches("5xx", 503));
+        assert!(!status_matches("4xx", 500));
+        assert!(status_matches("429", 429));
+        assert!(!status_matches("429", 428));
+        assert!(!status_matches("abc", 200));
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        let got = percentiles(values).unwrap_or_else(|| panic!("values"));
+        assert_eq!(
+            (got.p50, got.p95, got.p99, got.samples),
+            (50.0, 95.0, 99.0, 100)
+        );
+        assert_eq!(percentiles(Vec::new()), None);
+    }
+}
