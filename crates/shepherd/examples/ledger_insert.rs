@@ -23,10 +23,10 @@ fn record(n: u64, ts_ms: i64) -> UsageRecord {
     UsageRecord {
         request_id: format!("{n:032x}"),
         ts_ms,
-        key_id: format!("key{}", n % 50),
-        key_name: format!("service-{}", n % 50),
+        key_id: format!("key{}", n % 50).into(),
+        key_name: format!("service-{}", n % 50).into(),
         model: Some(["gpt-4.1", "claude-sonnet", "gemini-flash"][(n % 3) as usize].to_owned()),
-        deployment: Some("openai/gpt-4.1".to_owned()),
+        deployment: Some("openai/gpt-4.1".into()),
         route: "/v1/chat/completions".to_owned(),
         status: 200,
         stream: n.is_multiple_of(2),

@@ -318,8 +318,19 @@ impl Drop for RequestContext {
                 }),
             cost_usd: cost.map(|(cost, _)| crate::governance::pricing::usd(cost)),
         };
-        crate::telemetry::recent::push(&record);
         crate::telemetry::access::write(&record);
+        // Client routes only, with shared strings: the live tail copies nothing per request.
+        if let Some(endpoint) = crate::providers::Endpoint::ALL
+            .into_iter()
+            .find(|endpoint| endpoint.route() == self.route)
+        {
+            let mut recent = crate::telemetry::recent::RecentRequest::numbers_of(&record);
+            recent.route = endpoint.route();
+            recent.key = fields.key.map(|(_, name)| name);
+            recent.model = fields.known_model.or_else(|| fields.model.map(Arc::from));
+            recent.deployment = fields.deployment;
+            crate::telemetry::recent::keep(recent);
+        }
     }
 }
 
@@ -403,10 +414,10 @@ impl RequestContext {
         accounting.ledger.record(UsageRecord {
             request_id: self.request_id.clone(),
             ts_ms: now_ms() - i64::try_from(elapsed.as_millis()).unwrap_or(0),
-            key_id: key_id.to_string(),
-            key_name: key_name.to_string(),
+            key_id,
+            key_name,
             model: fields.model.clone(),
-            deployment: fields.deployment.as_deref().map(str::to_owned),
+            deployment: fields.deployment.clone(),
             route: self.route.clone(),
             status: fields.status,
             stream: fields.stream,

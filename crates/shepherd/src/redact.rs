@@ -165,6 +165,9 @@ impl Redactor {
 
 /// `sk-` followed by 8+ key characters (letters, digits, `-`, `_`, `*`, `.`), masked.
 fn mask_key_shapes(text: &str) -> Option<String> {
+    if !text.contains("sk-") {
+        return None;
+    }
     let is_key_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '*' | '.');
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -220,7 +223,10 @@ fn unescape(text: &str) -> String {
 }
 
 /// Text with `%XX` escapes read (URL-encoded secrets in headers).
-fn percent_decoded(text: &str) -> String {
+fn percent_decoded(text: &str) -> Cow<'_, str> {
+    if !text.contains('%') {
+        return Cow::Borrowed(text);
+    }
     let hex = |byte: u8| char::from(byte).to_digit(16);
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -237,7 +243,7 @@ fn percent_decoded(text: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The password of a `scheme://user:password@host/...` URL, if it has one.

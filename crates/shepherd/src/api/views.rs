@@ -263,7 +263,7 @@ pub async fn deployments(State(state): State<Arc<AppState>>) -> Response {
                     time_ms: request.time_ms,
                     status: request.status,
                     error: request.error,
-                    request_id: request.request_id.clone(),
+                    request_id: request.request_id.as_str().to_owned(),
                 })
                 .collect(),
             name,

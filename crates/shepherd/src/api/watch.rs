@@ -184,35 +184,9 @@ impl Watch {
             }
             return Ok(Verdict::Forward);
         }
-        let mut carries_content = false;
-        for choice in chunk.choices.iter().flatten() {
-            let chars = choice.text.0
-                + choice.delta.as_ref().map_or(0, |delta| {
-                    delta.content.0
-                        + delta.refusal.0
-                        + delta.reasoning_content.0
-                        + delta.reasoning.0
-                        + delta
-                            .function_call
-                            .as_ref()
-                            .map_or(0, |call| call.arguments.0)
-                        + delta
-                            .tool_calls
-                            .iter()
-                            .flatten()
-                            .map(|call| call.function.as_ref().map_or(0, |f| f.arguments.0))
-                            .sum::<usize>()
-                });
-            self.output_chars += chars;
-            let calls = choice.delta.as_ref().is_some_and(|delta| {
-                delta
-                    .tool_calls
-                    .as_ref()
-                    .is_some_and(|calls| !calls.is_empty())
-                    || delta.function_call.is_some()
-            });
-            carries_content |= chars > 0 || calls || choice.finish_reason.is_some();
-        }
+        let choices = chunk.choices.unwrap_or_default();
+        self.output_chars += choices.chars;
+        let carries_content = choices.carries_content;
         let Some(usage) = chunk.usage.filter(|usage| usage.get() != "null") else {
             return Ok(Verdict::Forward);
         };
@@ -347,7 +321,7 @@ enum Verdict {
 #[derive(Deserialize)]
 struct ChunkProbe<'a> {
     #[serde(default)]
-    choices: Option<Vec<ChoiceProbe>>,
+    choices: Option<ChoicesSummary>,
     #[serde(default, borrow)]
     usage: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -378,9 +352,91 @@ struct DeltaProbe {
     #[serde(default)]
     reasoning: TextLen,
     #[serde(default)]
-    tool_calls: Option<Vec<ToolCallProbe>>,
+    tool_calls: Option<ToolCallsSummary>,
     #[serde(default)]
     function_call: Option<FunctionProbe>,
+}
+
+/// A chunk's `choices`, summed while read (one list per event would be an allocation per
+/// event): the characters of output they carry, and whether any carries content, a tool call
+/// or a finish reason.
+#[derive(Default)]
+struct ChoicesSummary {
+    chars: usize,
+    carries_content: bool,
+}
+
+impl<'de> Deserialize<'de> for ChoicesSummary {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(ChoicesVisitor)
+    }
+}
+
+struct ChoicesVisitor;
+
+impl<'de> Visitor<'de> for ChoicesVisitor {
+    type Value = ChoicesSummary;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of choices")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ChoicesSummary, A::Error> {
+        let mut summary = ChoicesSummary::default();
+        while let Some(choice) = seq.next_element::<ChoiceProbe>()? {
+            let delta = choice.delta.as_ref();
+            let calls = delta.and_then(|delta| delta.tool_calls.as_ref());
+            let chars = choice.text.0
+                + delta.map_or(0, |delta| {
+                    delta.content.0
+                        + delta.refusal.0
+                        + delta.reasoning_content.0
+                        + delta.reasoning.0
+                        + delta
+                            .function_call
+                            .as_ref()
+                            .map_or(0, |call| call.arguments.0)
+                        + calls.map_or(0, |calls| calls.arguments)
+                });
+            let calls = calls.is_some_and(|calls| calls.count > 0)
+                || delta.is_some_and(|delta| delta.function_call.is_some());
+            summary.chars += chars;
+            summary.carries_content |= chars > 0 || calls || choice.finish_reason.is_some();
+        }
+        Ok(summary)
+    }
+}
+
+/// A delta's `tool_calls`, summed while read: how many, and the characters of their arguments.
+#[derive(Default)]
+struct ToolCallsSummary {
+    count: usize,
+    arguments: usize,
+}
+
+impl<'de> Deserialize<'de> for ToolCallsSummary {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(ToolCallsVisitor)
+    }
+}
+
+struct ToolCallsVisitor;
+
+impl<'de> Visitor<'de> for ToolCallsVisitor {
+    type Value = ToolCallsSummary;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of tool calls")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ToolCallsSummary, A::Error> {
+        let mut summary = ToolCallsSummary::default();
+        while let Some(call) = seq.next_element::<ToolCallProbe>()? {
+            summary.count += 1;
+            summary.arguments += call.function.map_or(0, |function| function.arguments.0);
+        }
+        Ok(summary)
+    }
 }
 
 #[derive(Deserialize)]
@@ -636,7 +692,28 @@ event: message_stop\r\ndata: {\"type\": \"message_stop\"}\r\n\r\n";
         assert_eq!(probe.content.0, 0);
         assert_eq!(probe.reasoning.0, 7);
         let calls = probe.tool_calls.unwrap();
-        assert_eq!(calls[0].function.as_ref().unwrap().arguments.0, 8);
-        assert!(calls[1].function.is_none());
+        assert_eq!((calls.count, calls.arguments), (2, 8));
+    }
+
+    #[test]
+    fn choices_are_summed_while_read() {
+        let chunk: ChunkProbe<'_> = serde_json::from_str(
+            r#"{"choices": [{"delta": {"content": "abc"}}, {"index": 1, "delta": {"tool_calls": [{"function": {"arguments": "{}"}}]}}, {"text": "de", "finish_reason": null}]}"#,
+        )
+        .unwrap();
+        let choices = chunk.choices.unwrap();
+        assert_eq!(choices.chars, 3 + 2 + 2);
+        assert!(choices.carries_content);
+        let empty: ChunkProbe<'_> =
+            serde_json::from_str(r#"{"choices": [{"delta": {"role": "assistant"}}]}"#).unwrap();
+        assert!(
+            !empty.choices.unwrap().carries_content,
+            "a role alone carries nothing"
+        );
+        let calls_without_text: ChunkProbe<'_> =
+            serde_json::from_str(r#"{"choices": [{"delta": {"tool_calls": [{"index": 0}]}}]}"#)
+                .unwrap();
+        assert!(calls_without_text.choices.unwrap().carries_content);
+        assert!(serde_json::from_str::<ChunkProbe<'_>>(r#"{"choices": {"a": 1}}"#).is_err());
     }
 }

@@ -120,6 +120,11 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn keep(&mut self, records: Vec<UsageRecord>) {
+        if self.pending.is_empty() {
+            // The usual case: no copy, and no capacity kept from a burst long gone.
+            self.pending = VecDeque::from(records);
+            return;
+        }
         for record in records {
             if self.pending.len() >= MAX_PENDING {
                 self.pending.pop_front();
@@ -187,7 +192,10 @@ fn run(store: &dyn UsageStore, shared: &Shared, counts: &LedgerCounts) {
                     Err(poisoned) => poisoned.into_inner().0,
                 }
             };
-            std::mem::take(&mut *buffer)
+            // The next batch is likely as big as this one: room for it now, so that requests
+            // do not grow the buffer (and copy it) as they hand records over.
+            let room = buffer.len();
+            std::mem::replace(&mut *buffer, Vec::with_capacity(room))
         };
         writer.keep(taken);
         let flushes: Vec<SyncSender<()>> = std::mem::take(&mut *lock(&shared.flushes));

@@ -51,10 +51,11 @@ pub struct UsageRecord {
     pub request_id: String,
     /// Unix milliseconds.
     pub ts_ms: i64,
-    pub key_id: String,
-    pub key_name: String,
+    /// Shared with the key and the route table: no copy per request.
+    pub key_id: Arc<str>,
+    pub key_name: Arc<str>,
     pub model: Option<String>,
-    pub deployment: Option<String>,
+    pub deployment: Option<Arc<str>>,
     pub route: String,
     pub status: u16,
     pub stream: bool,

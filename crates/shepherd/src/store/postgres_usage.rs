@@ -98,10 +98,13 @@ impl Columns {
         Columns {
             request_id: records.iter().map(|r| r.request_id.clone()).collect(),
             ts_ms: column(&|r| r.ts_ms),
-            key_id: records.iter().map(|r| r.key_id.clone()).collect(),
-            key_name: records.iter().map(|r| r.key_name.clone()).collect(),
+            key_id: records.iter().map(|r| r.key_id.to_string()).collect(),
+            key_name: records.iter().map(|r| r.key_name.to_string()).collect(),
             model: records.iter().map(|r| r.model.clone()).collect(),
-            deployment: records.iter().map(|r| r.deployment.clone()).collect(),
+            deployment: records
+                .iter()
+                .map(|r| r.deployment.as_deref().map(str::to_owned))
+                .collect(),
             route: records.iter().map(|r| r.route.clone()).collect(),
             status: records.iter().map(|r| i32::from(r.status)).collect(),
             stream: records.iter().map(|r| r.stream).collect(),

@@ -301,10 +301,10 @@ mod tests {
         UsageRecord {
             request_id: format!("r{ts_ms}"),
             ts_ms,
-            key_id: key.to_owned(),
-            key_name: format!("name-{key}"),
+            key_id: key.into(),
+            key_name: format!("name-{key}").into(),
             model: Some(model.to_owned()),
-            deployment: Some(format!("p/{model}")),
+            deployment: Some(format!("p/{model}").into()),
             route: "/v1/chat/completions".to_owned(),
             status: 200,
             stream: false,

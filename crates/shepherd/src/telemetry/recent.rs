@@ -5,7 +5,7 @@
 //! mirrors; it never holds a key, only its name.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -13,18 +13,18 @@ use serde::Serialize;
 use super::access::AccessRecord;
 
 /// Requests kept.
-pub const CAPACITY: usize = 2_000;
+pub const CAPACITY: usize = 1_000;
 
 /// One request as the live tail shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecentRequest {
     /// Unix milliseconds when it ended.
     pub time_ms: i64,
-    pub request_id: String,
-    pub key: Option<String>,
-    pub route: String,
-    pub model: Option<String>,
-    pub deployment: Option<String>,
+    pub request_id: RequestId,
+    pub key: Option<Arc<str>>,
+    pub route: &'static str,
+    pub model: Option<Arc<str>>,
+    pub deployment: Option<Arc<str>>,
     pub status: u16,
     pub stream: bool,
     pub prompt_tokens: u64,
@@ -35,6 +35,45 @@ pub struct RecentRequest {
     pub first_byte_ms: Option<f64>,
     pub outcome: &'static str,
     pub error: Option<&'static str>,
+}
+
+/// A request id kept inline (ids longer than 48 bytes are cut): kept requests hold no memory
+/// of their own, so a thousand of them do not spread the process's working set.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    len: u8,
+    bytes: [u8; 48],
+}
+
+impl RequestId {
+    pub fn of(id: &str) -> Self {
+        let mut end = id.len().min(48);
+        while !id.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; 48];
+        bytes[..end].copy_from_slice(&id.as_bytes()[..end]);
+        RequestId {
+            len: u8::try_from(end).unwrap_or(48),
+            bytes,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 /// Which requests a reader wants.
@@ -85,31 +124,39 @@ fn now_ms() -> i64 {
         })
 }
 
-/// Keeps one finished request of the API (the console's and admin calls are left out).
-pub fn push(record: &AccessRecord<'_>) {
-    if record.route.starts_with("/admin") || record.route.starts_with("/ui") {
+impl RecentRequest {
+    /// The numbers of an access record; the caller moves in the strings it owns (no copies on
+    /// the request path).
+    pub fn numbers_of(record: &AccessRecord<'_>) -> Self {
+        RecentRequest {
+            time_ms: now_ms(),
+            request_id: RequestId::of(record.request_id),
+            key: None,
+            route: "",
+            model: None,
+            deployment: None,
+            status: record.status,
+            stream: record.stream,
+            prompt_tokens: record.usage.as_ref().map_or(0, |usage| usage.prompt_tokens),
+            completion_tokens: record
+                .usage
+                .as_ref()
+                .map_or(0, |usage| usage.completion_tokens),
+            cost_usd: record.cost_usd,
+            total_ms: record.total_ms,
+            first_byte_ms: record.upstream_first_byte_ms,
+            outcome: record.outcome,
+            error: record.error,
+        }
+    }
+}
+
+/// Keeps one finished request of a client route (`route` is its path; the `&'static str` of
+/// the route table, so that nothing is copied).
+pub fn keep(request: RecentRequest) {
+    if request.route.is_empty() {
         return;
     }
-    let request = RecentRequest {
-        time_ms: now_ms(),
-        request_id: record.request_id.to_owned(),
-        key: record.key.map(str::to_owned),
-        route: record.route.to_owned(),
-        model: record.model.map(str::to_owned),
-        deployment: record.deployment.map(str::to_owned),
-        status: record.status,
-        stream: record.stream,
-        prompt_tokens: record.usage.as_ref().map_or(0, |usage| usage.prompt_tokens),
-        completion_tokens: record
-            .usage
-            .as_ref()
-            .map_or(0, |usage| usage.completion_tokens),
-        cost_usd: record.cost_usd,
-        total_ms: record.total_ms,
-        first_byte_ms: record.upstream_first_byte_ms,
-        outcome: record.outcome,
-        error: record.error,
-    };
     let mut ring = ring();
     if ring.len() >= CAPACITY {
         ring.pop_front();
@@ -180,6 +227,14 @@ mod tests {
         assert!(status_matches("429", 429));
         assert!(!status_matches("429", 428));
         assert!(!status_matches("abc", 200));
+    }
+
+    #[test]
+    fn request_ids_are_kept_inline_and_cut_on_a_character() {
+        assert_eq!(RequestId::of("abc").as_str(), "abc");
+        let long = "é".repeat(30);
+        let kept = RequestId::of(&long);
+        assert_eq!(kept.as_str(), "é".repeat(24));
     }
 
     #[test]

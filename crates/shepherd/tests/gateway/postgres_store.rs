@@ -54,10 +54,10 @@ fn record(n: u64, ts_ms: i64) -> UsageRecord {
     UsageRecord {
         request_id: format!("req-{n}"),
         ts_ms,
-        key_id: "k1".to_owned(),
-        key_name: "one".to_owned(),
+        key_id: "k1".into(),
+        key_name: "one".into(),
         model: Some("gpt-4.1".to_owned()),
-        deployment: Some("openai/gpt-4.1".to_owned()),
+        deployment: Some("openai/gpt-4.1".into()),
         route: "/v1/chat/completions".to_owned(),
         status: 200,
         stream: false,
@@ -102,10 +102,10 @@ fn records(seed: u64, count: usize, start: i64, span: i64) -> Vec<UsageRecord> {
             UsageRecord {
                 request_id: format!("req-{seed}-{n}"),
                 ts_ms: start + rng.i64(0..span),
-                key_id: key_id.to_owned(),
-                key_name: key_name.to_owned(),
+                key_id: key_id.into(),
+                key_name: key_name.into(),
                 model: models[rng.usize(..models.len())].map(str::to_owned),
-                deployment: deployments[rng.usize(..deployments.len())].map(str::to_owned),
+                deployment: deployments[rng.usize(..deployments.len())].map(Into::into),
                 route: if rng.bool() {
                     "/v1/chat/completions"
                 } else {
