@@ -19,6 +19,7 @@ pub mod routes;
 pub mod stored;
 pub mod views;
 pub mod watch;
+mod watch_probes;
 
 /// The client routes, as limits name them.
 pub const ROUTES: &[&str] = &[
