@@ -1,5 +1,6 @@
 // The console, end to end, in Debian's chromium driven by playwright-core: sign in, create a key
 // and see its secret once, send traffic with it, see it on the usage page and the live tail,
+// rotate it (both secrets work during the overlap) and edit its limits,
 // make a deployment fail at the mock and see it unhealthy, revoke the key and see the gateway
 // refuse it, sign out and be refused. Screenshots of each page go to $SCREENSHOTS.
 // Run by tests/python/test_console.py, which starts mock-upstream and the gateway.
@@ -51,7 +52,7 @@ try {
   const consoleErrors = [];
   page.on("console", (message) => { if (message.type() === "error") consoleErrors.push(message.text()); });
   page.on("pageerror", (error) => consoleErrors.push(String(error)));
-  page.on("dialog", (dialog) => dialog.accept(dialog.type() === "prompt" ? "0s" : undefined));
+  page.on("dialog", (dialog) => dialog.accept(dialog.type() === "prompt" ? "1h" : undefined));
 
   step("nothing of the console without a session");
   const anonymous = await (await fetch(`${GATEWAY}/ui/app.js`)).status;
@@ -138,6 +139,21 @@ try {
   });
   await page.screenshot({ path: `${SHOTS}/overview.png`, fullPage: true });
 
+  step("rotate the key with an hour of overlap: both secrets work");
+  await page.getByRole("link", { name: "Keys" }).click();
+  await page.locator('tr[data-key="console-e2e"] [data-action="rotate"]').click();
+  const rotated = (await page.locator("#new-secret").textContent()).trim();
+  assert.match(rotated, /^sk-shep-/);
+  assert.notEqual(rotated, secret);
+  assert.equal(await chat(rotated), 200);
+  assert.equal(await chat(secret), 200, "the old secret during the overlap");
+
+  step("edit the key's limits: the table shows them");
+  await page.locator('tr[data-key="console-e2e"] [data-action="edit"]').click();
+  await page.locator("#edit-key").getByLabel("Requests/min").fill("600");
+  await page.locator("#edit-key").getByRole("button", { name: "Save" }).click();
+  await until("the new limit in the table", async () => (await page.locator('tr[data-key="console-e2e"]').textContent()).includes("600 rpm"));
+
   step("a failing deployment shows unhealthy");
   const failing = await fetch(`${MOCK}/_mock/behavior`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ status: 500 }) });
   assert.equal(failing.status, 200);
@@ -154,6 +170,7 @@ try {
   await page.locator('tr[data-key="console-e2e"] [data-action="revoke"]').click();
   await until("the key revoked", async () => (await page.locator('tr[data-key="console-e2e"]').textContent()).includes("revoked"));
   await until("the gateway refusing it", async () => (await chat(secret)) === 401);
+  assert.equal(await chat(rotated), 401, "its rotated secret too");
 
   step("readable in a narrow window");
   await page.setViewportSize({ width: 390, height: 844 });
