@@ -8,6 +8,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::errors::{ApiError, ClientProtocol};
 use super::exchange::{Conversion, Exchange, Translation};
@@ -65,8 +66,9 @@ pub fn canonical(endpoint: Endpoint, body: &[u8]) -> Option<Answer> {
 }
 
 #[derive(Deserialize)]
-struct UsageField {
-    usage: Option<Value>,
+struct UsageField<'a> {
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
 }
 
 /// Usage of a passed-through body, read by its shape's codec (embeddings: OpenAI's), or
@@ -79,9 +81,9 @@ fn passthrough_usage(
     let parsed: UsageField = serde_json::from_slice(bytes)
         .map_err(|_| ApiError::upstream_bad_response("the body is not valid JSON"))?;
     let shape = endpoint.shape();
-    let reported = parsed.usage.as_ref().and_then(|usage| match shape {
-        Some(shape) => shape.usage_of(usage),
-        None => openai::response::usage_of(usage),
+    let reported = parsed.usage.and_then(|usage| match shape {
+        Some(shape) => shape.usage_of_json(usage.get()),
+        None => openai::usage::usage_of_json(usage.get()),
     });
     if let Some(usage) = reported {
         return Ok((usage, UsageSource::Reported));

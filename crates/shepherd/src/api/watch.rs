@@ -187,8 +187,7 @@ impl Watch {
         let Some(usage) = chunk.usage.filter(|usage| usage.get() != "null") else {
             return Ok(Verdict::Forward);
         };
-        let usage: Value = serde_json::from_str(usage.get()).unwrap_or_default();
-        if let Some(usage) = openai::response::usage_of(&usage) {
+        if let Some(usage) = openai::usage::usage_of_json(usage.get()) {
             self.usage = Some(usage);
         }
         if self.hide_usage_chunk && !carries_content {

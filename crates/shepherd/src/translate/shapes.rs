@@ -42,6 +42,12 @@ pub trait ClientShape: Sync {
     }
     /// The usage object of one of this shape's answers (or stream events), read.
     fn usage_of(&self, usage: &Value) -> Option<Usage>;
+    /// The same, from the usage object's JSON text (a shape may read it without a `Value`).
+    fn usage_of_json(&self, json: &str) -> Option<Usage> {
+        serde_json::from_str::<Value>(json)
+            .ok()
+            .and_then(|usage| self.usage_of(&usage))
+    }
     /// How a passed-through stream of this shape is watched (`api/watch.rs`).
     fn grammar(&self) -> Grammar;
     /// The upstream operation that takes this shape's bodies unchanged.
@@ -140,6 +146,9 @@ impl ClientShape for OpenAiShape {
     }
     fn usage_of(&self, usage: &Value) -> Option<Usage> {
         openai::response::usage_of(usage)
+    }
+    fn usage_of_json(&self, json: &str) -> Option<Usage> {
+        openai::usage::usage_of_json(json)
     }
     fn grammar(&self) -> Grammar {
         Grammar::OpenAiChunks

@@ -5,3 +5,4 @@ pub mod encode;
 pub mod request;
 pub mod response;
 pub mod stream;
+pub mod usage;
