@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::errors::ApiError;
-use crate::config::{CanaryRule, DeploymentConfig};
+use crate::config::{BudgetPeriod, CanaryRule, DeploymentConfig};
+use crate::governance::period;
 use crate::governance::pricing::usd;
 use crate::routing::circuit::CircuitState;
 use crate::state::AppState;
@@ -91,21 +92,6 @@ fn totals(rows: &[UsageRow]) -> Totals {
     }
 }
 
-/// Unix milliseconds at the start of today and of this month (UTC).
-fn day_and_month_start(now_ms: i64) -> (i64, i64) {
-    let day = now_ms - now_ms.rem_euclid(DAY_MS);
-    let days = day / DAY_MS;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm), to find the 1st.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day_of_month = doy - (153 * mp + 2) / 5 + 1;
-    (day, day - (day_of_month - 1) * DAY_MS)
-}
-
 fn report(state: &AppState, query: &UsageQuery) -> Result<Vec<UsageRow>, String> {
     state
         .governance
@@ -116,19 +102,20 @@ fn report(state: &AppState, query: &UsageQuery) -> Result<Vec<UsageRow>, String>
 /// `GET /admin/overview`.
 pub async fn overview(State(state): State<Arc<AppState>>) -> Response {
     let now = now_ms();
-    let (today, month) = day_and_month_start(now);
+    let today = period::start_ms(BudgetPeriod::Day, now);
+    let month = period::start_ms(BudgetPeriod::Month, now);
     let reader = state.clone();
     let read = tokio::task::spawn_blocking(move || {
-        let period = |from_ms: i64, group_by: Vec<GroupBy>| UsageQuery {
+        let since = |from_ms: i64, group_by: Vec<GroupBy>| UsageQuery {
             group_by,
             from_ms: Some(from_ms),
             to_ms: None,
             key_id: None,
         };
         Ok::<_, String>((
-            report(&reader, &period(today, vec![]))?,
-            report(&reader, &period(month, vec![]))?,
-            report(&reader, &period(now - DAY_MS, vec![GroupBy::Hour]))?,
+            report(&reader, &since(today, vec![]))?,
+            report(&reader, &since(month, vec![]))?,
+            report(&reader, &since(now - DAY_MS, vec![GroupBy::Hour]))?,
         ))
     })
     .await
@@ -393,17 +380,6 @@ pub fn usage_csv(rows: &[UsageRow]) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn month_and_day_starts() {
-        // 2026-12-07T21:31:29Z
-        let (day, month) = day_and_month_start(1_796_679_089_000);
-        assert_eq!(day, 1_796_601_600_000); // 2026-12-07T00:00:00Z
-        assert_eq!(month, 1_796_083_200_000); // 2026-12-01T00:00:00Z
-        // 2024-03-01T05:00:00Z, after a leap day
-        let (_, month) = day_and_month_start(1_709_269_200_000);
-        assert_eq!(month, 1_709_251_200_000);
-    }
 
     #[test]
     fn csv_fields_are_quoted_when_needed() {
