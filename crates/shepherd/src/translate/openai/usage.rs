@@ -7,9 +7,46 @@
 use std::fmt;
 
 use serde::Deserializer;
-use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::translate::ir::Usage;
+
+/// The visitor methods for kinds of JSON value a visitor does not read: each gives `$value`
+/// (sequences and maps are skipped through first).
+macro_rules! answer_unread {
+    (scalars => $value:expr) => {
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok($value)
+        }
+    };
+    (integers => $value:expr) => {
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+    (maps => $value:expr) => {
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok($value)
+        }
+    };
+}
 
 /// The usage in `json` (the text of a `usage` value), as `response::usage_of` reads it.
 pub fn usage_of_json(json: &str) -> Option<Usage> {
@@ -57,26 +94,8 @@ impl<'de> Visitor<'de> for LooseU64 {
     fn visit_i64<E>(self, value: i64) -> Result<Option<u64>, E> {
         Ok(u64::try_from(value).ok())
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Option<u64>, E> {
-        Ok(None)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Option<u64>, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Option<u64>, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Option<u64>, E> {
-        Ok(None)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
+    answer_unread!(scalars => None);
+    answer_unread!(maps => None);
 }
 
 struct Loose;
@@ -113,28 +132,8 @@ impl<'de> Visitor<'de> for DetailsVisitor {
         }
         Ok(details)
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Details, E> {
-        Ok(Details::default())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Details, E> {
-        Ok(Details::default())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Details, E> {
-        Ok(Details::default())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Details, E> {
-        Ok(Details::default())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Details, E> {
-        Ok(Details::default())
-    }
-    fn visit_unit<E>(self) -> Result<Details, E> {
-        Ok(Details::default())
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Details, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Details::default())
-    }
+    answer_unread!(scalars => Details::default());
+    answer_unread!(integers => Details::default());
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for DetailsVisitor {
@@ -178,28 +177,8 @@ impl<'de> Visitor<'de> for UsageVisitor {
         }
         Ok(Some(read))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Option<Read>, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Option<Read>, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Option<Read>, E> {
-        Ok(None)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Option<Read>, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Option<Read>, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Option<Read>, E> {
-        Ok(None)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Read>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
+    answer_unread!(scalars => None);
+    answer_unread!(integers => None);
 }
 
 #[cfg(test)]
@@ -217,6 +196,8 @@ mod tests {
             r#"{"prompt_tokens": 5.5, "completion_tokens": 2}"#,
             r#"{"prompt_tokens": -1}"#,
             r#"{"prompt_tokens": "5"}"#,
+            r#"{"prompt_tokens": {"a": 1}, "completion_tokens": [1]}"#,
+            r#"{"prompt_tokens": 4, "completion_tokens": {"n": [2]}, "prompt_tokens_details": true}"#,
             r#"{"completion_tokens": 5}"#,
             r#"{"prompt_tokens": 5, "prompt_tokens_details": null, "completion_tokens_details": "x"}"#,
             r#"{"prompt_tokens": 5, "prompt_tokens_details": [1, 2], "completion_tokens_details": 3}"#,
