@@ -249,6 +249,15 @@ fn redirect_to_console(cookie: HeaderValue) -> Response {
     response
 }
 
+/// Counts a session event (`shepherd_console_sessions_total{event}`).
+fn count(state: &AppState, event: &str) {
+    state
+        .metrics
+        .console_sessions
+        .with_label_values(&[event])
+        .inc();
+}
+
 /// The `key` field of the sign-in form (`application/x-www-form-urlencoded`).
 fn presented_key(form: &[u8]) -> String {
     form_urlencoded::parse(form)
@@ -270,6 +279,7 @@ async fn sign_in(State(state): State<Arc<AppState>>, form: Bytes) -> Response {
     let presented = presented_key(&form);
     if !same_secret(presented.trim().as_bytes(), master.as_bytes()) {
         tokio::time::sleep(REFUSAL_DELAY).await;
+        count(&state, "refused");
         tracing::warn!("console: sign-in refused (wrong master key)");
         return sign_in_page(StatusCode::UNAUTHORIZED, "That is not the master key.");
     }
@@ -279,6 +289,7 @@ async fn sign_in(State(state): State<Arc<AppState>>, form: Bytes) -> Response {
             "The system's random source failed; try again.",
         );
     };
+    count(&state, "sign_in");
     tracing::info!("console: signed in");
     redirect_to_console(session_cookie(&state, &token, SESSION_LIFE.as_secs()))
 }
@@ -291,6 +302,7 @@ async fn sign_out(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
         return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     }
     state.console.close(&headers);
+    count(&state, "sign_out");
     tracing::info!("console: signed out");
     redirect_to_console(session_cookie(&state, "", 0))
 }

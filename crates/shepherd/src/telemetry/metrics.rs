@@ -46,6 +46,8 @@ pub struct Metrics {
     /// Checks of upstream keys new in a reload (`result`: ok, refused, unverified).
     pub upstream_key_checks: IntCounterVec,
     pub stored_responses: IntCounterVec,
+    /// Console sign-ins and sign-outs (`event`: sign_in, refused, sign_out).
+    pub console_sessions: IntCounterVec,
     deployment_healthy: IntGaugeVec,
     circuit_state: IntGaugeVec,
     budget_limit: GaugeVec,
@@ -228,6 +230,12 @@ impl Metrics {
                 "stored_responses_total",
                 "Responses API answers kept for previous_response_id, and their use (operation: save, continue, get, delete; result: ok, not_found, error).",
                 &["operation", "result"],
+            ),
+            console_sessions: counter(
+                &r,
+                "console_sessions_total",
+                "Console sessions by event (sign_in, refused: a wrong master key, sign_out).",
+                &["event"],
             ),
             deployment_healthy: gauge(
                 &r,

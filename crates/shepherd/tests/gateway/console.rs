@@ -128,6 +128,19 @@ async fn a_session_opens_with_the_master_key_and_changes_need_its_csrf_token() {
         .await
         .unwrap();
     assert_eq!(after.status(), 401, "the session is closed");
+    let metrics = gov
+        .client
+        .get(gov.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for event in ["sign_in", "refused", "sign_out"] {
+        let line = format!("shepherd_console_sessions_total{{event=\"{event}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in the metrics");
+    }
     // A made-up cookie opens nothing either.
     let made_up = with_cookie(&gov, Method::GET, "/admin/keys", "shepherd_console=00")
         .send()
