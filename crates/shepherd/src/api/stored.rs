@@ -32,6 +32,10 @@ use crate::translate::responses::response::{Echo, Keeper, echo_of};
 /// How long a continuation waits for its predecessor to be written.
 const SAVE_WAIT: Duration = Duration::from_secs(2);
 const SAVE_POLL: Duration = Duration::from_millis(5);
+/// How long a response not found is looked for again (another replica may still be writing it;
+/// a real miss answers this much later), and how often.
+const OTHER_REPLICA_WAIT: Duration = Duration::from_millis(300);
+const OTHER_REPLICA_POLL: Duration = Duration::from_millis(50);
 
 /// The ids of responses being written.
 #[derive(Debug, Default)]
@@ -154,12 +158,25 @@ async fn load(
     while state.saving_responses.contains(id) && waited.elapsed() < SAVE_WAIT {
         tokio::time::sleep(SAVE_POLL).await;
     }
-    let store = state.governance.store.clone();
-    let (owned_id, owned_key) = (id.to_owned(), key_id.to_owned());
-    let loaded =
-        tokio::task::spawn_blocking(move || store.load_response(&owned_id, &owned_key, now_ms()))
+    let read = || {
+        let store = state.governance.store.clone();
+        let (owned_id, owned_key) = (id.to_owned(), key_id.to_owned());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                store.load_response(&owned_id, &owned_key, now_ms())
+            })
             .await
-            .map_err(|error| ApiError::internal(&error.to_string()))?;
+            .map_err(|error| ApiError::internal(&error.to_string()))
+        }
+    };
+    let mut loaded = read().await?;
+    // Another replica may have answered the previous response a moment ago and still be
+    // writing it: a miss is read again for a short while before it counts.
+    let missed = tokio::time::Instant::now();
+    while matches!(loaded, Ok(None)) && missed.elapsed() < OTHER_REPLICA_WAIT {
+        tokio::time::sleep(OTHER_REPLICA_POLL).await;
+        loaded = read().await?;
+    }
     let counted = |result: &str| {
         state
             .metrics
