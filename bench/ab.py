@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""CPU per request at 64 connections, Shepherd and nginx alternating on one running pair.
+"""One bench scenario, Shepherd and nginx alternating on one running pair.
 
 A quicker and steadier A/B than a whole `bench/run.sh` run when one change to the hot path is
 being judged: the servers start once (static upstream by default), then each round loads
-Shepherd, then nginx, for `--seconds` and prints the proxy's CPU time (utime + stime of its
-process tree) per answered request, and how much of Shepherd's went to its ledger writer thread.
+Shepherd, then nginx, with the scenario of `bench/bench.py` named by `--scenario` (c64 by
+default; c1, stream64, stream_start...) and prints the proxy's CPU time (utime + stime of its
+process tree) per answered request or stream, the latency (or time to first chunk) p50 and p99,
+and how much of Shepherd's CPU went to its ledger writer thread.
 Build first (`bench/run.sh` does, or `cargo build --release -p shepherd -p shepherd-loadgen`).
 
     python3 bench/ab.py --rounds 5
+    python3 bench/ab.py --scenario stream64 --rounds 5
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--upstream", choices=("mock", "static"), default="static")
+    parser.add_argument("--scenario", default="c64")
+    parser.add_argument("--c1-requests", type=int, default=3000)
     args = parser.parse_args()
+    run = bench.scenarios(args)[args.scenario]
     bench.UPSTREAM = args.upstream
     servers = bench.Servers(Path(tempfile.mkdtemp(prefix="shepherd-ab-")))
     try:
@@ -49,13 +55,17 @@ def main() -> int:
                 pid = servers.pid(target)
                 cpu_before = bench.cpu_seconds(pid)
                 ledger_before = thread_cpu_seconds(pid, "usage-writer") if target == "shepherd" else 0.0
-                result = bench.http(target, "--concurrency", "64", "--seconds", str(args.seconds))
+                result = run(target)
                 cpu = bench.cpu_seconds(pid) - cpu_before
-                line = {"round": round_no, "target": target, "requests": result["ok"],
-                        "cpu_us_per_request": round(cpu * 1e6 / max(result["ok"], 1), 1)}
+                count = max(result.get("requests") or result.get("streams") or 0, 1)
+                line = {"round": round_no, "target": target, "count": count,
+                        "cpu_us_per_request": round(cpu * 1e6 / count, 1)}
+                for key in ("p50_us", "p99_us", "ttfb_p50_us", "ttfb_p99_us"):
+                    if key in result:
+                        line[key] = round(result[key])
                 if target == "shepherd":
                     ledger = thread_cpu_seconds(pid, "usage-writer") - ledger_before
-                    line["ledger_thread_us_per_request"] = round(ledger * 1e6 / max(result["ok"], 1), 1)
+                    line["ledger_thread_us_per_request"] = round(ledger * 1e6 / count, 1)
                 print(json.dumps(line), flush=True)
     finally:
         servers.stop_all()

@@ -208,6 +208,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    state.counters.connections.fetch_add(1, Ordering::Relaxed);
                     // Best effort: a failure only costs latency.
                     let _ = stream.set_nodelay(true);
                     let builder = Arc::clone(&builder);

@@ -100,6 +100,8 @@ pub struct Stats {
     pub in_flight: u64,
     /// The most requests handled at once.
     pub peak_in_flight: u64,
+    /// TCP connections accepted.
+    pub connections: u64,
 }
 
 impl Stats {
@@ -115,6 +117,7 @@ impl Stats {
             "cached_tokens": self.cached_tokens,
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
+            "connections": self.connections,
         })
     }
 }
@@ -131,6 +134,7 @@ pub(crate) struct Counters {
     pub(crate) cached_tokens: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) peak_in_flight: AtomicU64,
+    pub(crate) connections: AtomicU64,
 }
 
 /// Counts a request in flight until dropped.
@@ -162,11 +166,13 @@ impl Counters {
             cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             peak_in_flight: self.peak_in_flight.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed),
         }
     }
 
     pub(crate) fn reset(&self) {
         self.requests.store(0, Ordering::Relaxed);
+        self.connections.store(0, Ordering::Relaxed);
         self.streams_started.store(0, Ordering::Relaxed);
         self.streams_completed.store(0, Ordering::Relaxed);
         self.streams_aborted.store(0, Ordering::Relaxed);

@@ -140,7 +140,7 @@ fn remote(
             idle: Duration::from_secs(30),
             total: Duration::from_secs(60),
         };
-        let client = crate::providers::build_client(&timeouts)?;
+        let client = crate::providers::build_client(&timeouts, &Default::default())?;
         let uri = format!("{}{path}", base.trim_end_matches('/'));
         let request = axum::http::Request::builder()
             .method(method)

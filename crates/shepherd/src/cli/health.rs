@@ -41,7 +41,7 @@ async fn get(url: &str, timeout: Duration) -> Result<u16, String> {
         idle: timeout,
         total: timeout,
     };
-    let client = crate::providers::build_client(&timeouts)?;
+    let client = crate::providers::build_client(&timeouts, &Default::default())?;
     let request = axum::http::Request::get(url)
         .body(Full::new(Bytes::new()))
         .map_err(|error| error.to_string())?;

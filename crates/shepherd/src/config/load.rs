@@ -289,6 +289,18 @@ impl Loader {
         let tls = raw
             .tls
             .and_then(|tls| self.tls(tls, admin_listen.is_some()));
+        let pool = raw.upstream_pool.unwrap_or_default();
+        let defaults = UpstreamPool::default();
+        let upstream_pool = UpstreamPool {
+            max_idle_per_host: pool.max_idle_per_host.unwrap_or(defaults.max_idle_per_host),
+            idle_timeout: pool.idle_timeout.map_or(defaults.idle_timeout, |d| d.0),
+        };
+        if upstream_pool.idle_timeout.is_zero() {
+            self.problem(
+                "server.upstream_pool.idle_timeout",
+                "must be greater than zero (keep no idle connection with max_idle_per_host: 0)",
+            );
+        }
         Some(ServerConfig {
             listen,
             max_body,
@@ -302,6 +314,7 @@ impl Loader {
             max_upstream_event,
             max_upstream_body,
             tls,
+            upstream_pool,
         })
     }
 
@@ -580,6 +593,38 @@ keys:
         assert_eq!(&*config.models[0].deployments[0].upstream_model, "gpt-4.1");
         assert_eq!(config.models[1].deployments[0].weight, 3);
         assert!(config.keys[1].models[0].matches("anything"));
+    }
+
+    #[test]
+    fn upstream_pool_has_defaults_and_takes_bounds() {
+        let config = load_str(GOOD, "good.yaml", &env).unwrap();
+        assert_eq!(config.server.upstream_pool, UpstreamPool::default());
+        assert_eq!(config.server.upstream_pool.max_idle_per_host, 64);
+        let text = GOOD.replace(
+            "  max_body: 1MiB\n",
+            "  max_body: 1MiB\n  upstream_pool: {max_idle_per_host: 0, idle_timeout: 5s}\n",
+        );
+        let config = load_str(&text, "good.yaml", &env).unwrap();
+        assert_eq!(config.server.upstream_pool.max_idle_per_host, 0);
+        assert_eq!(
+            config.server.upstream_pool.idle_timeout,
+            Duration::from_secs(5)
+        );
+        let found = problems(&GOOD.replace(
+            "  max_body: 1MiB\n",
+            "  max_body: 1MiB\n  upstream_pool: {idle_timeout: 0s, max_idle: 3}\n",
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("max_idle"), "{found:?}");
+        let found = problems(&GOOD.replace(
+            "  max_body: 1MiB\n",
+            "  max_body: 1MiB\n  upstream_pool: {idle_timeout: 0s}\n",
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("server.upstream_pool.idle_timeout: must be greater than zero"),
+            "{found:?}"
+        );
     }
 
     fn problems(text: &str) -> Vec<String> {

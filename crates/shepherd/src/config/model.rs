@@ -283,6 +283,26 @@ pub struct ServerConfig {
     pub max_upstream_body: usize,
     /// HTTPS on every listener.
     pub tls: Option<TlsConfig>,
+    pub upstream_pool: UpstreamPool,
+}
+
+/// `server.upstream_pool`: the idle keep-alive connections kept to upstreams, shared by every
+/// provider that reaches the same scheme and host. Connections in use are not limited; one
+/// returned while `max_idle_per_host` others wait idle is closed, and an idle one is closed
+/// after `idle_timeout` (as nginx's `keepalive` and `keepalive_timeout` do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamPool {
+    pub max_idle_per_host: usize,
+    pub idle_timeout: Duration,
+}
+
+impl Default for UpstreamPool {
+    fn default() -> Self {
+        UpstreamPool {
+            max_idle_per_host: 64,
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
 }
 
 /// `server.tls`: PEM files, read at start and again whenever they change.

@@ -42,6 +42,15 @@ pub struct RawServer {
     pub max_upstream_body: Option<RawSize>,
     /// HTTPS: certificate chain and key (PEM files), reloaded when they change.
     pub tls: Option<RawTls>,
+    /// Idle keep-alive connections kept to upstreams.
+    pub upstream_pool: Option<RawUpstreamPool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamPool {
+    pub max_idle_per_host: Option<usize>,
+    pub idle_timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

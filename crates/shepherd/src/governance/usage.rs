@@ -2,7 +2,8 @@
 //! no wake-up, never waiting on the database); a background thread takes the buffer every 200 ms
 //! and writes it in batches. When the store fails, records are kept and retried with backoff, up
 //! to a bound; past it the oldest are dropped, counted and logged. `flush` waits until
-//! everything handed over so far is written; `close` flushes and stops (shutdown).
+//! everything handed over so far is written; `close` flushes and stops (shutdown). Once quiet
+//! for 2 s after writing, the writer lets the store give its caches back.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +22,8 @@ const MAX_PENDING: usize = 100_000;
 const BATCH: usize = 1_000;
 /// How often the writer takes what was handed over.
 const INTERVAL: Duration = Duration::from_millis(200);
+/// Takes without a record after a write before the store's caches are given back (2 s).
+const QUIET_TAKES: u32 = 10;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Counters of the writer, for metrics and tests.
@@ -180,6 +183,8 @@ fn run(store: &dyn UsageStore, shared: &Shared, counts: &LedgerCounts) {
         failures: 0,
         next_try: Instant::now(),
     };
+    // Takes in a row that brought nothing, since the last write (None: released already).
+    let mut quiet: Option<u32> = None;
     loop {
         let taken = {
             let buffer = lock(&shared.buffer);
@@ -196,6 +201,14 @@ fn run(store: &dyn UsageStore, shared: &Shared, counts: &LedgerCounts) {
             // do not grow the buffer (and copy it) as they hand records over.
             let room = buffer.len();
             std::mem::replace(&mut *buffer, Vec::with_capacity(room))
+        };
+        quiet = match (taken.is_empty() && writer.pending.is_empty(), quiet) {
+            (false, _) => Some(0),
+            (true, Some(takes)) if takes + 1 >= QUIET_TAKES => {
+                store.release_memory();
+                None
+            }
+            (true, takes) => takes.map(|takes| takes + 1),
         };
         writer.keep(taken);
         let flushes: Vec<SyncSender<()>> = std::mem::take(&mut *lock(&shared.flushes));
@@ -238,6 +251,7 @@ mod tests {
     struct Flaky {
         failing: AtomicBool,
         rows: Mutex<Vec<UsageRecord>>,
+        releases: AtomicU64,
     }
 
     impl UsageStore for Flaky {
@@ -259,6 +273,9 @@ mod tests {
         }
         fn health(&self) -> crate::store::StoreHealth {
             crate::store::StoreHealth::up()
+        }
+        fn release_memory(&self) {
+            self.releases.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -310,5 +327,32 @@ mod tests {
             2501,
             "close writes what is left"
         );
+    }
+
+    #[test]
+    fn caches_are_given_back_once_after_writes_go_quiet() {
+        let store = Arc::new(Flaky::default());
+        let writer = UsageWriter::start(store.clone());
+        std::thread::sleep(INTERVAL * (QUIET_TAKES + 3));
+        assert_eq!(
+            store.releases.load(Ordering::Relaxed),
+            0,
+            "nothing to give back before any write"
+        );
+        writer.record(record(1));
+        std::thread::sleep(INTERVAL * 3);
+        assert_eq!(store.releases.load(Ordering::Relaxed), 0, "not yet quiet");
+        std::thread::sleep(INTERVAL * (QUIET_TAKES + 3));
+        assert_eq!(store.releases.load(Ordering::Relaxed), 1);
+        std::thread::sleep(INTERVAL * (QUIET_TAKES + 3));
+        assert_eq!(
+            store.releases.load(Ordering::Relaxed),
+            1,
+            "once per quiet spell"
+        );
+        writer.record(record(2));
+        std::thread::sleep(INTERVAL * (QUIET_TAKES + 4));
+        assert_eq!(store.releases.load(Ordering::Relaxed), 2);
+        writer.close();
     }
 }

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::Timeouts;
+use crate::config::{Timeouts, UpstreamPool};
 
 tokio::task_local! {
     static CONNECT_TIMER: ConnectTimer;
@@ -80,8 +80,37 @@ pub fn install_crypto_provider() {
 /// The client of one upstream: hyper's pooled client over plain TCP or rustls.
 pub type UpstreamClient = Client<HttpsConnector<TimedConnector<HttpConnector>>, Full<Bytes>>;
 
-/// Builds the HTTP client of one upstream.
-pub fn build_client(timeouts: &Timeouts) -> Result<UpstreamClient, String> {
+/// The one HTTP client every remote provider of a model table shares, built on first use (a
+/// table of mock providers loads no TLS roots). hyper pools connections per scheme and host, so
+/// providers that reach the same host (several keys or regions of one vendor, one base URL with
+/// several paths) reuse each other's idle connections instead of each keeping its own.
+pub struct SharedClient {
+    timeouts: Timeouts,
+    pool: UpstreamPool,
+    client: std::cell::OnceCell<UpstreamClient>,
+}
+
+impl SharedClient {
+    pub fn new(timeouts: &Timeouts, pool: &UpstreamPool) -> Self {
+        SharedClient {
+            timeouts: *timeouts,
+            pool: *pool,
+            client: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The client (a handle on the shared pool).
+    pub fn get(&self) -> Result<UpstreamClient, String> {
+        if let Some(client) = self.client.get() {
+            return Ok(client.clone());
+        }
+        let client = build_client(&self.timeouts, &self.pool)?;
+        Ok(self.client.get_or_init(|| client).clone())
+    }
+}
+
+/// Builds an HTTP client (its own connection pool).
+pub fn build_client(timeouts: &Timeouts, pool: &UpstreamPool) -> Result<UpstreamClient, String> {
     install_crypto_provider();
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
@@ -96,8 +125,8 @@ pub fn build_client(timeouts: &Timeouts) -> Result<UpstreamClient, String> {
         .enable_http2()
         .wrap_connector(TimedConnector { inner: tcp });
     Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
+        .pool_idle_timeout(pool.idle_timeout)
+        .pool_max_idle_per_host(pool.max_idle_per_host)
         .pool_timer(TokioTimer::new())
         .build(connector))
 }

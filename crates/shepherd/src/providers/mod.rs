@@ -14,12 +14,12 @@ use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::config::{HealthCheckConfig, ProviderConfig, ProviderKind, Timeouts, Wire};
+use crate::config::{HealthCheckConfig, ProviderConfig, ProviderKind, Wire};
 use crate::routing::circuit::Admission;
 use crate::routing::health::{Health, Registry};
 
 pub use headers::{forwardable_request_headers, response_headers_to_client};
-pub use http::{ConnectTimer, UpstreamClient, build_client, install_crypto_provider};
+pub use http::{ConnectTimer, SharedClient, UpstreamClient, build_client, install_crypto_provider};
 
 /// Which client route a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +197,7 @@ enum Adapter {
 impl Provider {
     pub fn new(
         config: &ProviderConfig,
-        timeouts: &Timeouts,
+        client: &SharedClient,
         registry: &Registry,
     ) -> Result<Self, String> {
         let (adapter, key_labels) = match &config.kind {
@@ -209,7 +209,7 @@ impl Provider {
                     .map(|(n, key)| key_label(&config.name, n, key.expose()))
                     .collect();
                 (
-                    Adapter::Remote(Box::new(remote::Remote::new(remote, timeouts)?)),
+                    Adapter::Remote(Box::new(remote::Remote::new(remote, client.get()?)?)),
                     labels,
                 )
             }

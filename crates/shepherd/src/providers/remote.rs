@@ -6,11 +6,11 @@ use axum::http::{HeaderName, HeaderValue, Method, Request, Uri, header};
 use futures_util::StreamExt;
 use http_body_util::{BodyDataStream, Full};
 
-use super::http::{self, UpstreamClient};
+use super::http::UpstreamClient;
 use super::{
     Operation, UpstreamError, UpstreamRequest, UpstreamResponse, forwardable_request_headers,
 };
-use crate::config::{RemoteProvider, Secret, Timeouts, Wire};
+use crate::config::{RemoteProvider, Secret, Wire};
 
 #[derive(Debug)]
 pub struct Remote {
@@ -31,7 +31,7 @@ pub struct Remote {
 }
 
 impl Remote {
-    pub fn new(config: &RemoteProvider, timeouts: &Timeouts) -> Result<Self, String> {
+    pub fn new(config: &RemoteProvider, client: UpstreamClient) -> Result<Self, String> {
         let mut auth = Vec::with_capacity(config.api_keys.len());
         for key in &config.api_keys {
             let (name, text) = match config.wire {
@@ -74,7 +74,7 @@ impl Remote {
             version: config.version.clone(),
             default_max_tokens: config.default_max_tokens,
             responses: config.responses,
-            client: http::build_client(timeouts)?,
+            client,
         })
     }
 

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{CanaryRule, Config, DeploymentConfig, ModelConfig, Price};
-use crate::providers::Provider;
+use crate::providers::{Provider, SharedClient};
 use canary::{Requester, chooses_canary};
 use health::{Health, Registry};
 use strategy::Pool;
@@ -76,8 +76,9 @@ pub struct ModelTable {
 impl ModelTable {
     pub fn new(config: &Config, registry: &Registry) -> Result<Self, String> {
         let mut providers = HashMap::new();
+        let client = SharedClient::new(&config.server.timeouts, &config.server.upstream_pool);
         for provider in &config.providers {
-            let built = Provider::new(provider, &config.server.timeouts, registry)
+            let built = Provider::new(provider, &client, registry)
                 .map_err(|error| format!("provider `{}`: {error}", provider.name))?;
             providers.insert(provider.name.clone(), Arc::new(built));
         }
@@ -256,7 +257,12 @@ pub fn test_deployment(name: &str, weight: u32) -> Arc<Deployment> {
     Arc::new(Deployment {
         name: name.into(),
         provider: Arc::new(
-            Provider::new(&provider, &timeouts, &registry).unwrap_or_else(|e| unreachable!("{e}")),
+            Provider::new(
+                &provider,
+                &SharedClient::new(&timeouts, &Default::default()),
+                &registry,
+            )
+            .unwrap_or_else(|e| unreachable!("{e}")),
         ),
         upstream_model: "m".into(),
         weight,

@@ -227,6 +227,8 @@ pub trait UsageStore: Send + Sync + std::fmt::Debug {
     fn prune(&self, before_ms: i64) -> Result<u64, StoreError>;
     /// Whether the last write worked.
     fn health(&self) -> StoreHealth;
+    /// Gives caches back after a burst (the writer calls it once it has been quiet a while).
+    fn release_memory(&self) {}
 }
 
 /// Whether a store's writes work, and what is wrong when they do not.

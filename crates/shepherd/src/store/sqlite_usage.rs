@@ -23,6 +23,13 @@ impl UsageStore for SqliteStore {
         written
     }
 
+    fn release_memory(&self) {
+        // The page cache refills from the OS's file cache on the next write.
+        if let Err(error) = self.connection().execute_batch("PRAGMA shrink_memory") {
+            tracing::debug!(%error, "usage ledger: shrink_memory failed");
+        }
+    }
+
     fn spent(&self, key_id: &str, since_ms: i64) -> Result<u64, StoreError> {
         let connection = self.connection();
         let recent: Option<i64> = connection

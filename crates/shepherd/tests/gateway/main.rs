@@ -28,4 +28,5 @@ mod streaming;
 mod tls;
 mod traces;
 mod upstream_limits;
+mod upstream_pool;
 mod wire_fidelity;
