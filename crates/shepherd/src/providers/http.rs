@@ -77,7 +77,7 @@ pub fn install_crypto_provider() {
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The client of one upstream: hyper's pooled client over plain TCP or rustls.
+/// hyper's pooled client over plain TCP or rustls (a handle: clones share the pool).
 pub type UpstreamClient = Client<HttpsConnector<TimedConnector<HttpConnector>>, Full<Bytes>>;
 
 /// The one HTTP client every remote provider of a model table shares, built on first use (a
