@@ -172,3 +172,67 @@ async fn stalled_stream_ends_at_the_idle_timeout() {
     assert!(started.elapsed() < Duration::from_secs(8));
     assert!(eventually(|| h.mock.stats().streams_aborted == 1).await);
 }
+
+/// An HTTP/1.1 upstream that answers one chunked event stream of `events` content chunks, each
+/// its own HTTP chunk, all in one write (a burst, as a fast model's events arrive).
+async fn bursting_upstream(events: usize) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 65536];
+        let _ = socket.read(&mut request).await;
+        let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        let mut chunk = |payload: String| {
+            out.extend_from_slice(format!("{:x}\r\n{payload}\r\n", payload.len()).as_bytes());
+        };
+        for n in 0..events {
+            let event = json!({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+                "choices": [{"index": 0, "delta": {"content": format!("w{n} ")}, "finish_reason": null}]});
+            chunk(format!("data: {event}\n\n"));
+        }
+        let usage = json!({"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": [],
+            "usage": {"prompt_tokens": 3, "completion_tokens": events, "total_tokens": 3 + events}});
+        chunk(format!("data: {usage}\n\n"));
+        chunk("data: [DONE]\n\n".to_owned());
+        out.extend_from_slice(b"0\r\n\r\n");
+        socket.write_all(&out).await.unwrap();
+        let _ = socket.read(&mut request).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_burst_of_upstream_events_goes_to_the_client_in_few_writes() {
+    let upstream = bursting_upstream(60).await;
+    let yaml = config_yaml(&format!("http://{upstream}/v1"), "");
+    let config = shepherd::config::load_str(&yaml, "test.yaml", &|_| None).unwrap();
+    let server = shepherd::server::start(config).await.unwrap();
+    let mut response = test_client()
+        .post(format!("http://{}/v1/chat/completions", server.addr))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(stream_request(false).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Each HTTP chunk the client reads is one write of the gateway's.
+    let (mut writes, mut body) = (0, Vec::<u8>::new());
+    while let Some(piece) = response.chunk().await.unwrap() {
+        writes += 1;
+        body.extend_from_slice(&piece);
+    }
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(text.matches("\"content\":\"w").count(), 60, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        !text.contains("\"usage\""),
+        "the usage chunk is still hidden"
+    );
+    assert!(
+        writes <= 6,
+        "62 events read at once went out in {writes} writes (one each before)"
+    );
+}
