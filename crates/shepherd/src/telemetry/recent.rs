@@ -4,7 +4,6 @@
 //! request leaves when a new one arrives past `CAPACITY`. Per replica, like the access log it
 //! mirrors; it never holds a key, only its name.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -107,9 +106,36 @@ fn status_matches(wanted: &str, status: u16) -> bool {
     }
 }
 
-static RING: Mutex<VecDeque<RecentRequest>> = Mutex::new(VecDeque::new());
+/// The kept requests: `items` fills up to `CAPACITY`, then each new request takes the place of
+/// the oldest (at `next`) where it lies; nothing is moved or read back as requests come and go.
+struct Ring {
+    items: Vec<RecentRequest>,
+    next: usize,
+}
 
-fn ring() -> MutexGuard<'static, VecDeque<RecentRequest>> {
+impl Ring {
+    fn keep(&mut self, request: RecentRequest) {
+        if self.items.len() < CAPACITY {
+            self.items.push(request);
+        } else if let Some(oldest) = self.items.get_mut(self.next) {
+            *oldest = request;
+        }
+        self.next = (self.next + 1) % CAPACITY;
+    }
+
+    /// Newest first.
+    fn newest_first(&self) -> impl Iterator<Item = &RecentRequest> {
+        let (older, newer) = self.items.split_at(self.next.min(self.items.len()));
+        older.iter().rev().chain(newer.iter().rev())
+    }
+}
+
+static RING: Mutex<Ring> = Mutex::new(Ring {
+    items: Vec::new(),
+    next: 0,
+});
+
+fn ring() -> MutexGuard<'static, Ring> {
     match RING.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
@@ -157,18 +183,13 @@ pub fn keep(request: RecentRequest) {
     if request.route.is_empty() {
         return;
     }
-    let mut ring = ring();
-    if ring.len() >= CAPACITY {
-        ring.pop_front();
-    }
-    ring.push_back(request);
+    ring().keep(request);
 }
 
 /// The newest requests first, at most `limit`, that pass `filter`.
 pub fn newest(filter: &Filter<'_>, limit: usize) -> Vec<RecentRequest> {
     ring()
-        .iter()
-        .rev()
+        .newest_first()
         .filter(|request| filter.admits(request))
         .take(limit)
         .cloned()
@@ -205,9 +226,12 @@ fn percentiles(mut values: Vec<f64>) -> Option<Percentiles> {
 /// Latency of all kept requests, and time to first byte of the kept streams.
 pub fn latency() -> (Option<Percentiles>, Option<Percentiles>) {
     let ring = ring();
-    let total = ring.iter().map(|request| request.total_ms).collect();
+    let total = ring
+        .newest_first()
+        .map(|request| request.total_ms)
+        .collect();
     let first = ring
-        .iter()
+        .newest_first()
         .filter(|request| request.stream)
         .filter_map(|request| request.first_byte_ms)
         .collect();
@@ -235,6 +259,52 @@ mod tests {
         let long = "é".repeat(30);
         let kept = RequestId::of(&long);
         assert_eq!(kept.as_str(), "é".repeat(24));
+    }
+
+    fn numbered(n: usize) -> RecentRequest {
+        RecentRequest {
+            time_ms: 0,
+            request_id: RequestId::of(&n.to_string()),
+            key: None,
+            route: "/v1/chat/completions",
+            model: None,
+            deployment: None,
+            status: 200,
+            stream: false,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_usd: None,
+            total_ms: 0.0,
+            first_byte_ms: None,
+            outcome: "ok",
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_and_gives_them_newest_first() {
+        let mut ring = Ring {
+            items: Vec::new(),
+            next: 0,
+        };
+        let ids = |ring: &Ring| -> Vec<String> {
+            ring.newest_first()
+                .map(|request| request.request_id.as_str().to_owned())
+                .collect()
+        };
+        for n in 0..3 {
+            ring.keep(numbered(n));
+        }
+        assert_eq!(ids(&ring), ["2", "1", "0"]);
+        for n in 3..CAPACITY + 5 {
+            ring.keep(numbered(n));
+        }
+        let kept = ids(&ring);
+        assert_eq!(kept.len(), CAPACITY);
+        assert_eq!(kept[0], (CAPACITY + 4).to_string());
+        assert_eq!(kept[CAPACITY - 1], "5", "the oldest five are gone");
+        let expected: Vec<String> = (5..CAPACITY + 5).rev().map(|n| n.to_string()).collect();
+        assert_eq!(kept, expected);
     }
 
     #[test]
