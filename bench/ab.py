@@ -60,9 +60,12 @@ def main() -> int:
                 count = max(result.get("requests") or result.get("streams") or 0, 1)
                 line = {"round": round_no, "target": target, "count": count,
                         "cpu_us_per_request": round(cpu * 1e6 / count, 1)}
-                for key in ("p50_us", "p99_us", "ttfb_p50_us", "ttfb_p99_us"):
+                for key in ("p50_us", "p99_us"):
                     if key in result:
                         line[key] = round(result[key])
+                for key in ("p50", "p99"):
+                    if key in result.get("ttfb_us", {}):
+                        line[f"ttfb_{key}_us"] = round(result["ttfb_us"][key])
                 if target == "shepherd":
                     ledger = thread_cpu_seconds(pid, "usage-writer") - ledger_before
                     line["ledger_thread_us_per_request"] = round(ledger * 1e6 / count, 1)
