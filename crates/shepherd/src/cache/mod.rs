@@ -127,18 +127,23 @@ impl Cache {
             if !store.is_up() {
                 return Ok(None);
             }
-            // Another replica is filling it: wait for its answer, or for its lock to go.
+            // Another replica is filling it: wait for its lock to go, then read its answer. The
+            // holder stores the answer before it lets the lock go, so the lock is read first: an
+            // answer read first could be missing, and the lock gone by the next read (the
+            // holder stored and let go in between), and this replica would fill the key again.
             loop {
                 if Instant::now() + redis_store::POLL > deadline {
                     return Err(None);
                 }
                 tokio::time::sleep(redis_store::POLL).await;
+                if store.locked(key).await {
+                    continue;
+                }
                 if let Some(entry) = store.get(key).await {
                     return Err(Some(entry));
                 }
-                if !store.locked(key).await {
-                    break;
-                }
+                // Let go without an answer (the fill failed, or its lock expired): lead.
+                break;
             }
         }
     }
